@@ -1,0 +1,162 @@
+"""Load, validate and tokenise data sets (Hugging Face `datasets` for reading; our checks for the errors).
+
+Every problem with a data file is a `DataError` whose message is one line naming the file, the row (1-based,
+the line number for JSONL) and the field, e.g. `data/x/train.jsonl: row 12 field 'label': unknown label 'maybe'`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.profiles import DatasetSpec
+
+log = logging.getLogger(__name__)
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv"}
+
+
+class DataError(Exception):
+    """A data set that cannot be used; str() is a one-line message naming file, row and field."""
+
+
+@dataclass
+class Split:
+    """One split, validated: texts (and second texts for pairs) and labels as strings or float scores."""
+    file: str
+    texts: list
+    texts_b: list | None
+    labels: list
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: one int array per example, and the targets (class ids or float scores)."""
+    input_ids: list
+    token_type_ids: list | None
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def split_file(spec: DatasetSpec, root: Path, split: str) -> Path:
+    return Path(root) / spec.path / f"{split}.{EXTENSIONS[spec.format]}"
+
+
+def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
+    """Read one split with `datasets`; a parse failure is turned into a one-line error naming the row."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    kwargs = {"cache_dir": str(cache_dir) if cache_dir else None}
+    try:
+        if spec.format == "hf":
+            return datasets.load_dataset(spec.path, split=split, revision=spec.revision, **kwargs)
+        if not Path(file).is_file():
+            raise DataError(f"{file}: file not found (data set {spec.name!r}, split {split!r}; "
+                            f"check --data-dir and the `path` of the data set)")
+        builder, extra = ("json", {}) if spec.format == "jsonl" else \
+            ("csv", {"delimiter": "\t" if spec.format == "tsv" else ","})
+        return datasets.load_dataset(builder, data_files={split: file}, split=split, **extra, **kwargs)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a located one-line error
+        if spec.format == "hf":
+            raise DataError(f"{spec.path}: cannot load hub data set {spec.name!r} split {split!r} "
+                            f"({type(exc).__name__}); offline, point --data-dir/--spec at local files") from None
+        raise DataError(_locate_parse_error(file, spec.format, exc)) from None
+
+
+def _locate_parse_error(file: str, fmt: str, exc: Exception) -> str:
+    if fmt == "jsonl":
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for row, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"{file}: row {row} field '<json>': malformed JSON ({err.msg} at column {err.colno})"
+                if not isinstance(obj, dict):
+                    return f"{file}: row {row} field '<json>': expected an object, got {type(obj).__name__}"
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return f"{file}: row ? field '?': cannot parse ({first[:200]})"
+
+
+def load_split(spec: DatasetSpec, root: Path, split: str, labels: list | None = None,
+               file: str | None = None, cache_dir: Path | None = None, limit: int | None = None,
+               seed: int = 0) -> Split:
+    """Load and validate one split. `labels` (from train) is the closed label set other splits must use."""
+    file = str(file or split_file(spec, root, split))
+    ds = _read(spec, file, split, cache_dir)
+    fields = [spec.text] + ([spec.text_b] if spec.text_b else []) + [spec.label]
+    missing = [f for f in fields if f not in ds.column_names]
+    if missing:
+        raise DataError(f"{file}: row 1 field '{missing[0]}': column missing (columns: {', '.join(ds.column_names)})")
+    if len(ds) == 0:
+        raise DataError(f"{file}: row 1 field '{spec.label}': the split is empty")
+    if limit and len(ds) > limit:
+        ds = ds.shuffle(seed=seed).select(range(limit))  # fixed-seed subsample, recorded by the caller
+    texts = list(ds[spec.text])
+    texts_b = list(ds[spec.text_b]) if spec.text_b else None
+    raw = list(ds[spec.label])
+    for name, column in [(spec.text, texts)] + ([(spec.text_b, texts_b)] if texts_b is not None else []):
+        for row, value in enumerate(column, 1):
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{file}: row {row} field '{name}': expected non-empty text, got {value!r}")
+    return Split(file, texts, texts_b, _check_labels(spec, file, raw, labels))
+
+
+def _check_labels(spec: DatasetSpec, file: str, raw: list, labels: list | None) -> list:
+    out = []
+    for row, value in enumerate(raw, 1):
+        where = f"{file}: row {row} field '{spec.label}'"
+        if spec.task == "similarity":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_number(value):
+                raise DataError(f"{where}: score must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise DataError(f"{where}: score is {value} (NaN or infinite)")
+        else:
+            if value is None or isinstance(value, float) and math.isnan(value) or str(value).strip() == "":
+                raise DataError(f"{where}: missing label")
+            value = str(value)
+            if labels is not None and value not in labels:
+                raise DataError(f"{where}: unknown label {value!r} (known: {', '.join(labels)})")
+        out.append(value)
+    return out
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return isinstance(value, str)
+    except (TypeError, ValueError):
+        return False
+
+
+def label_set(train: Split, task: str) -> list | None:
+    return None if task == "similarity" else sorted(set(train.labels))
+
+
+def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Encoded:
+    """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py."""
+    args = (split.texts, split.texts_b) if split.texts_b is not None else (split.texts,)
+    enc = tokenizer(*args, truncation=True, max_length=max_length, return_token_type_ids=True,
+                    return_attention_mask=False)
+    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    if labels is None:
+        targets = np.asarray(split.labels, dtype=np.float32)
+    else:
+        index = {label: i for i, label in enumerate(labels)}
+        targets = np.asarray([index[label] for label in split.labels], dtype=np.int64)
+    return Encoded(ids, types, targets)

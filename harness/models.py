@@ -1,0 +1,165 @@
+"""Checkpoints, tiny configs and tokenizers.
+
+The `tiny` profile trains each family's tokenizer in that family's own style on the profile corpora
+(WordPiece for BERT, byte-level BPE for RoBERTa, Unigram for XLNet) and builds small random configs.
+Other profiles load checkpoints (a local folder or a hub id) with transformers' Auto classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from harness.profiles import ModelSpec
+
+log = logging.getLogger(__name__)
+LOCK_TIMEOUT_S = 3600
+
+# family -> (special tokens, template single, template pair, padding side)
+_SPECIALS = {
+    "bert": dict(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]"),
+    "roberta": dict(pad="<pad>", unk="<unk>", cls="<s>", sep="</s>", mask="<mask>", bos="<s>", eos="</s>"),
+    "xlnet": dict(pad="<pad>", unk="<unk>", cls="<cls>", sep="<sep>", mask="<mask>", bos="<s>", eos="</s>"),
+}
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (cache keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def atomic_dir(target: Path, build) -> Path:
+    """Build a directory once: `build(tmp)` fills a temp dir that is renamed into place; a lock serialises
+    concurrent builders (other xdist workers wait, then reuse). A killed builder leaves only a temp dir."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / ".complete").exists():
+        return target
+    with FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S):
+        if (target / ".complete").exists():
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover is never read
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text("ok\n")
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _train_tokenizer(family: str, files: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = _SPECIALS[family]
+    specials = list(dict.fromkeys([sp["pad"], sp["unk"], sp["cls"], sp["sep"], sp["mask"], sp.get("bos", sp["cls"])]))
+    if family == "bert":
+        tok = Tokenizer(models.WordPiece(unk_token=sp["unk"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    elif family == "roberta":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif family == "xlnet":
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=sp["unk"])
+    else:
+        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(_SPECIALS)}")
+    tok.train(files, trainer)
+    cls, sep = sp["cls"], sp["sep"]
+    ids = [(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))]
+    if family == "bert":
+        single, pair = f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"
+    elif family == "roberta":
+        single, pair = f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:0 {sep}:0"
+    else:  # XLNet puts the summary token last and pads on the left
+        single, pair = f"$A:0 {sep}:0 {cls}:2", f"$A:0 {sep}:0 $B:1 {sep}:1 {cls}:2"
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=ids)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if family != "roberta" else [])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=sp["pad"], unk_token=sp["unk"], cls_token=cls, sep_token=sep,
+        mask_token=sp["mask"], padding_side="left" if family == "xlnet" else "right", model_input_names=names)
+
+
+def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
+    """The tokenizer of a model: trained and cached for tiny configs, else the checkpoint's own."""
+    from transformers import AutoTokenizer
+
+    if spec.source != "tiny":
+        return AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+    vocab = spec.size.get("vocab", 2000)
+    key = fingerprint("tokenizer", spec.family, vocab, [file_digest(p) for p in corpus])
+    folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{spec.family}-{key}",
+                        lambda tmp: _train_tokenizer(spec.family, [str(p) for p in corpus], vocab).save_pretrained(tmp))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tiny_config(spec: ModelSpec, tokenizer, num_labels: int, max_length: int):
+    from transformers import BertConfig, RobertaConfig, XLNetConfig
+
+    s = spec.size
+    common = dict(vocab_size=len(tokenizer), num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+    if spec.family == "bert":
+        return BertConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                          intermediate_size=s["ffn"], max_position_embeddings=max_length + 2, **common)
+    if spec.family == "roberta":
+        return RobertaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                             intermediate_size=s["ffn"], max_position_embeddings=max_length + 4, type_vocab_size=1,
+                             **common)
+    if spec.family == "xlnet":
+        return XLNetConfig(d_model=s["hidden"], n_layer=s["layers"], n_head=s["heads"], d_inner=s["ffn"], **common)
+    raise ValueError(f"unknown model family {spec.family!r}; valid: bert, roberta, xlnet")
+
+
+def build_model(spec: ModelSpec, tokenizer, num_labels: int, max_length: int, seed: int):
+    """A sequence classification / regression (num_labels=1) model with every weight trainable.
+
+    The seed fixes the random parts (the whole tiny model; the head of a pretrained one), so the two arms of
+    a cell start from the same head initialisation.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    extra = {"problem_type": "regression"} if num_labels == 1 else {"problem_type": "single_label_classification"}
+    if spec.source == "tiny":
+        config = tiny_config(spec, tokenizer, num_labels, max_length)
+        for key, value in extra.items():
+            setattr(config, key, value)
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec.source, revision=spec.revision, num_labels=num_labels, ignore_mismatched_sizes=True, **extra)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def body_state(model) -> dict:
+    """The encoder weights (no task head): what the intermediate arm carries over to the target task."""
+    return {k: v.detach().cpu() for k, v in model.base_model.state_dict().items()}

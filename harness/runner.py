@@ -1,0 +1,224 @@
+"""Run one cell: both arms for every seed, evaluation in every language, gains, and the cell record.
+
+Stages leave inspectable files (jiant style): tokenizers and intermediate checkpoints under the cache
+directory, the record and the per-example predictions under the results directory.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import data as D
+from harness import stats
+from harness.grid import Cell
+from harness.metrics import MAIN_METRIC, METRICS, score
+from harness.models import atomic_dir, body_state, build_model, file_digest, fingerprint, load_tokenizer
+from harness.profiles import DatasetSpec, Profile
+from harness.results import SCHEMA_VERSION, env_info, record_path, write_record
+from harness.train import predict, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    profile: Profile
+    results_dir: Path
+    cache_dir: Path
+    seeds: list
+    device: str = "cpu"
+    rerun: bool = False
+    _memo: dict = field(default_factory=dict)
+
+    def memo(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+@dataclass
+class Loaded:
+    """A data set's splits after validation: train, the test split per language, label set and sizes."""
+    spec: DatasetSpec
+    train: D.Split
+    tests: dict
+    labels: list | None
+    digest: str
+
+
+def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True) -> Loaded:
+    def make():
+        root = ctx.profile.data_root
+        train_split = D.load_split(spec, root, "train", cache_dir=ctx.cache_dir / "datasets",
+                                   limit=spec.max_train)
+        labels = D.label_set(train_split, spec.task)
+        tests = {}
+        if with_tests:
+            tests[spec.language] = D.load_split(spec, root, "test", labels, cache_dir=ctx.cache_dir / "datasets",
+                                                limit=spec.max_test)
+            for lang, rel in sorted(spec.cross_lingual.items()):
+                tests[lang] = D.load_split(spec, root, "test", labels, file=str(Path(root) / rel),
+                                           cache_dir=ctx.cache_dir / "datasets", limit=spec.max_test)
+        files = [train_split.file] + [s.file for s in tests.values()]
+        digest = fingerprint(spec, [file_digest(Path(f)) if Path(f).is_file() else f for f in files])
+        return Loaded(spec, train_split, tests, labels, digest)
+    return ctx.memo(("data", repr(spec), with_tests), make)
+
+
+def tokenizer_for(ctx: RunContext, model_name: str):
+    spec = ctx.profile.models[model_name]
+    corpus = [Path(ctx.profile.data_root) / f for f in ctx.profile.tokenizer_corpus]
+    return ctx.memo(("tok", model_name), lambda: load_tokenizer(spec, corpus, ctx.cache_dir))
+
+
+def _encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels):
+    return ctx.memo(("enc", model_name, split.file, len(split), max_length),
+                    lambda: D.encode(tokenizer, split, max_length, labels))
+
+
+def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dict]:
+    """The encoder after intermediate training for (model, task, seed): trained once, cached on disk.
+
+    Returns the body weights and metadata (key, whether it was trained by this call, seconds, examples/s).
+    """
+    from safetensors.torch import load_file, save_file
+
+    p = ctx.profile
+    spec = p.models[cell.model]
+    inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
+    tok = tokenizer_for(ctx, cell.model)
+    import transformers
+    key = fingerprint("intermediate", spec.describe, inter.digest, p.intermediate_train, seed, len(tok),
+                      torch.__version__, transformers.__version__)
+    folder = ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{seed}-{key}"
+    trained = {}
+
+    def build(tmp: Path):
+        num_labels = 1 if inter.labels is None else len(inter.labels)
+        model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed)
+        enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels)
+        info = train(model, enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
+                     tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}")
+        save_file(body_state(model), str(tmp / "body.safetensors"))
+        (tmp / "meta.json").write_text(__import__("json").dumps({"key": key, **info}, indent=1))
+        trained.update(info)
+
+    atomic_dir(folder, build)
+    meta = {"key": key, "trained_here": bool(trained), "seconds": trained.get("seconds", 0.0),
+            "examples_per_s": trained.get("examples_per_s"), "examples": len(inter.train)}
+    return load_file(str(folder / "body.safetensors")), meta
+
+
+def run_cell(ctx: RunContext, cell: Cell) -> dict:
+    """Train and evaluate both arms of a cell for every seed and write its record. Returns the record."""
+    p = ctx.profile
+    spec = p.models[cell.model]
+    t0 = time.perf_counter()
+    target = load_dataset(ctx, p.targets[(cell.task, cell.domain)])
+    load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
+    tok = tokenizer_for(ctx, cell.model)
+    hp = p.target_train
+    train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
+    test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels) for lang, s in target.tests.items()}
+    num_labels = 1 if target.labels is None else len(target.labels)
+    pad, left = tok.pad_token_id, tok.padding_side == "left"
+    timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+    train_examples = eval_examples = 0
+    preds = {"direct": {lang: [] for lang in test_enc}, "intermediate": {lang: [] for lang in test_enc}}
+    inter_meta = []
+    for seed in ctx.seeds:
+        for arm in ("direct", "intermediate"):
+            model = build_model(spec, tok, num_labels, hp.max_length, seed)
+            if arm == "intermediate":
+                body, meta = intermediate_body(ctx, cell, seed)
+                model.base_model.load_state_dict(body)
+                timings["intermediate_s"] += meta["seconds"]
+                inter_meta.append({"seed": seed, **meta})
+            info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=f"{cell.id} {arm} s{seed}")
+            timings["train_s"] += info["seconds"]
+            train_examples += info["examples"]
+            t = time.perf_counter()
+            for lang, enc in test_enc.items():
+                preds[arm][lang].append(predict(model, enc, hp.eval_batch_size, ctx.device, pad, left))
+                eval_examples += len(enc)
+            timings["eval_s"] += time.perf_counter() - t
+    record = _record(ctx, cell, target, test_enc, preds, inter_meta)
+    timings.update(train_examples_per_s=train_examples / max(timings["train_s"], 1e-9),
+                   eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
+                   total_s=time.perf_counter() - t0)
+    record["timings"] = timings
+    _save_predictions(ctx, cell, test_enc, preds)
+    write_record(record_path(ctx.results_dir, cell.id), record)
+    return record
+
+
+def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
+    p = ctx.profile
+    task, main = cell.task, MAIN_METRIC[cell.task]
+    metrics, per_seed, gains = {}, {}, {}
+    for arm, by_lang in preds.items():
+        metrics[arm], per_seed[arm] = {}, {}
+        for lang, runs in by_lang.items():
+            scores = [score(task, test_enc[lang].targets, r) for r in runs]
+            per_seed[arm][lang] = {m: [s[m] for s in scores] for m in METRICS[task]}
+            metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
+    for lang in test_enc:
+        gains[lang], _ = stats.gain(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang], main)
+    inter = p.intermediates[task]
+    return {
+        "schema": SCHEMA_VERSION, "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
+        "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
+        "language": target.spec.language, "languages": list(test_enc),
+        "metrics": metrics, "metrics_per_seed": per_seed, "gain": gains,
+        "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
+        "data": {"target": {"name": target.spec.name, "train": len(target.train),
+                            "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,
+                            "labels": target.labels},
+                 "intermediate": {"name": inter.name, "train": inter_meta[0]["examples"] if inter_meta else None}},
+        "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train)},
+        "config_key": config_key(ctx, cell, target.digest),
+        "env": env_info(ctx.device),
+    }
+
+
+def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:
+    """Everything that determines a cell's numbers: a record with the same key can be reused (resume)."""
+    import transformers
+    p = ctx.profile
+    return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
+                       p.target_train, p.intermediate_train, list(ctx.seeds), torch.__version__,
+                       transformers.__version__)
+
+
+def _save_predictions(ctx, cell, test_enc, preds) -> None:
+    """Per-example predictions (for bootstrap comparisons across cells and runs), written atomically."""
+    import io
+    import os
+    import tempfile
+
+    arrays = {f"y_true/{lang}": enc.targets for lang, enc in test_enc.items()}
+    for arm, by_lang in preds.items():
+        for lang, runs in by_lang.items():
+            arrays[f"{arm}/{lang}"] = np.stack(runs)
+    path = Path(ctx.results_dir) / "predictions" / f"{cell.id}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load_predictions(results_dir: Path, cell_id: str) -> dict | None:
+    path = Path(results_dir) / "predictions" / f"{cell_id}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
