@@ -4,3 +4,4 @@
 def test_transfer(cell, transfer_bench):
     record = transfer_bench.run(cell)
     assert set(record["gain"]) == set(record["languages"])
+    transfer_bench.check(record)

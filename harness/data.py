@@ -5,6 +5,7 @@ the line number for JSONL) and the field, e.g. `data/x/train.jsonl: row 12 field
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -47,7 +48,18 @@ class Encoded:
 
 
 def split_file(spec: DatasetSpec, root: Path, split: str) -> Path:
+    """Where a split lives: `path/<split>.<ext>` under the root, or the data set's `splits` override; for hub
+    data sets the `HUB_ID[:CONFIG]` reference itself (the split name is resolved when reading)."""
+    if spec.format == "hf":
+        return Path(spec.path)
+    if split in spec.splits:
+        return Path(root) / spec.splits[split]
     return Path(root) / spec.path / f"{split}.{EXTENSIONS[spec.format]}"
+
+
+def cross_lingual_file(spec: DatasetSpec, root: Path, ref: str) -> str:
+    """A cross-lingual test set: a file relative to the root, or `HUB_ID[:CONFIG]` for hub data sets."""
+    return ref if spec.format == "hf" else str(Path(root) / ref)
 
 
 def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
@@ -55,11 +67,13 @@ def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors become our DataError
     kwargs = {"cache_dir": str(cache_dir) if cache_dir else None}
     try:
         if spec.format == "hf":
-            return datasets.load_dataset(spec.path, split=split, revision=spec.revision, **kwargs)
+            hub_id, _, config = file.partition(":")
+            return datasets.load_dataset(hub_id, config or None, split=spec.splits.get(split, split),
+                                         revision=spec.revision, **kwargs)
         if not Path(file).is_file():
             raise DataError(f"{file}: file not found (data set {spec.name!r}, split {split!r}; "
                             f"check --data-dir and the `path` of the data set)")
@@ -70,23 +84,32 @@ def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes a located one-line error
         if spec.format == "hf":
-            raise DataError(f"{spec.path}: cannot load hub data set {spec.name!r} split {split!r} "
+            raise DataError(f"{file}: cannot load hub data set {spec.name!r} split {split!r} "
                             f"({type(exc).__name__}); offline, point --data-dir/--spec at local files") from None
-        raise DataError(_locate_parse_error(file, spec.format, exc)) from None
+        raise DataError(_locate_parse_error(file, spec, exc)) from None
 
 
-def _locate_parse_error(file: str, fmt: str, exc: Exception) -> str:
-    if fmt == "jsonl":
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for row, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+def _locate_parse_error(file: str, spec: DatasetSpec, exc: Exception) -> str:
+    """Re-read a file the reader rejected with the standard library to name the first bad row."""
+    with open(file, encoding="utf-8", errors="replace", newline="") as f:
+        if spec.format == "jsonl":
+            rows = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+            for row, line in rows:
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line.rstrip())
                 except json.JSONDecodeError as err:
                     return f"{file}: row {row} field '<json>': malformed JSON ({err.msg} at column {err.colno})"
                 if not isinstance(obj, dict):
                     return f"{file}: row {row} field '<json>': expected an object, got {type(obj).__name__}"
+        else:
+            rows = [r for r in csv.reader(f, delimiter="\t" if spec.format == "tsv" else ",") if r]
+            for row, values in enumerate(rows[1:], 1):
+                if len(values) != len(rows[0]):
+                    return (f"{file}: row {row} field '<{spec.format}>': {len(values)} fields, "
+                            f"the header has {len(rows[0])}")
+            rows = rows[1:]
+    if not rows:
+        return f"{file}: row 1 field '{spec.label}': the split is empty"
     first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return f"{file}: row ? field '?': cannot parse ({first[:200]})"
 
@@ -94,45 +117,76 @@ def _locate_parse_error(file: str, fmt: str, exc: Exception) -> str:
 def load_split(spec: DatasetSpec, root: Path, split: str, labels: list | None = None,
                file: str | None = None, cache_dir: Path | None = None, limit: int | None = None,
                seed: int = 0) -> Split:
-    """Load and validate one split. `labels` (from train) is the closed label set other splits must use."""
-    file = str(file or split_file(spec, root, split))
-    ds = _read(spec, file, split, cache_dir)
+    """Load and validate one split. `labels` (from train) is the closed label set other splits must use.
+
+    With `spec.train_fraction` the data set's own train and test splits are carved from its train source
+    (fixed seed) after every row of it is validated; an explicit `file` (a cross-lingual test) is used whole.
+    """
+    carve = file is None and bool(spec.train_fraction) and split in ("train", "test")
+    file = str(file or split_file(spec, root, "train" if carve else split))
+    ds = _read(spec, file, "train" if carve else split, cache_dir)
     fields = [spec.text] + ([spec.text_b] if spec.text_b else []) + [spec.label]
     missing = [f for f in fields if f not in ds.column_names]
     if missing:
         raise DataError(f"{file}: row 1 field '{missing[0]}': column missing (columns: {', '.join(ds.column_names)})")
     if len(ds) == 0:
         raise DataError(f"{file}: row 1 field '{spec.label}': the split is empty")
-    if limit and len(ds) > limit:
-        ds = ds.shuffle(seed=seed).select(range(limit))  # fixed-seed subsample, recorded by the caller
     texts = list(ds[spec.text])
     texts_b = list(ds[spec.text_b]) if spec.text_b else None
-    raw = list(ds[spec.label])
     for name, column in [(spec.text, texts)] + ([(spec.text_b, texts_b)] if texts_b is not None else []):
         for row, value in enumerate(column, 1):
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{file}: row {row} field '{name}': expected non-empty text, got {value!r}")
-    return Split(file, texts, texts_b, _check_labels(spec, file, raw, labels))
+                raise DataError(f"{_where(file, spec, row, name)}: expected non-empty text, got {value!r}")
+    split_labels = _check_labels(spec, file, list(ds[spec.label]), labels)
+    keep = np.arange(len(texts))
+    if carve:
+        order = np.random.default_rng(0).permutation(len(texts))
+        cut = round(spec.train_fraction * len(texts))
+        keep = order[:cut] if split == "train" else order[cut:]
+    if limit and len(keep) > limit:
+        # Validate every row first (a bad row fails wherever it is), then take a fixed-seed subsample: the same
+        # rows as ds.shuffle(seed=seed).select(range(limit)). Sizes go into the record.
+        keep = keep[np.random.default_rng(seed).permutation(len(keep))[:limit]]
+    if len(keep) < len(texts):
+        texts, split_labels = [texts[i] for i in keep], [split_labels[i] for i in keep]
+        texts_b = [texts_b[i] for i in keep] if texts_b is not None else None
+    return Split(file, texts, texts_b, split_labels)
+
+
+def _where(file: str, spec: DatasetSpec, row: int, field: str) -> str:
+    """`FILE: row N field 'F'`, N as users count: the line number for JSONL (the reader skips blank lines)."""
+    if spec.format == "jsonl":
+        with open(file, encoding="utf-8", errors="replace") as f:
+            lines = [n for n, line in enumerate(f, 1) if line.strip()]
+        row = lines[row - 1] if row <= len(lines) else row
+    return f"{file}: row {row} field '{field}'"
 
 
 def _check_labels(spec: DatasetSpec, file: str, raw: list, labels: list | None) -> list:
+    """Scores as floats (similarity) or labels as strings, each checked; `labels` closes the label set."""
     out = []
     for row, value in enumerate(raw, 1):
-        where = f"{file}: row {row} field '{spec.label}'"
-        if spec.task == "similarity":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_number(value):
-                raise DataError(f"{where}: score must be a number, got {value!r}")
-            value = float(value)
-            if not math.isfinite(value):
-                raise DataError(f"{where}: score is {value} (NaN or infinite)")
-        else:
-            if value is None or isinstance(value, float) and math.isnan(value) or str(value).strip() == "":
-                raise DataError(f"{where}: missing label")
-            value = str(value)
-            if labels is not None and value not in labels:
-                raise DataError(f"{where}: unknown label {value!r} (known: {', '.join(labels)})")
+        value, problem = _score(value) if spec.task == "similarity" else _label(value, labels)
+        if problem:
+            raise DataError(f"{_where(file, spec, row, spec.label)}: {problem}")
         out.append(value)
     return out
+
+
+def _score(value) -> tuple:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_number(value):
+        return value, f"score must be a number, got {value!r}"
+    value = float(value)
+    return value, None if math.isfinite(value) else f"score is {value} (NaN or infinite)"
+
+
+def _label(value, labels: list | None) -> tuple:
+    if value is None or isinstance(value, float) and math.isnan(value) or str(value).strip() == "":
+        return value, "missing label"
+    value = str(value)
+    if labels is not None and value not in labels:
+        return value, f"unknown label {value!r} (known: {', '.join(labels)})"
+    return value, None
 
 
 def _is_number(value) -> bool:

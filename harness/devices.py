@@ -1,4 +1,8 @@
-"""Device placement per pytest-xdist worker (imported by the root conftest before torch touches CUDA)."""
+"""Device placement per pytest-xdist worker, and what a record says about the device it ran on.
+
+The root conftest.py calls `pin_worker_device()` before anything imports torch, so this module imports torch
+only inside the functions that need it.
+"""
 from __future__ import annotations
 
 import os
@@ -20,6 +24,7 @@ def visible_gpus(env=os.environ) -> list[str]:
 
 
 def worker_index(env=os.environ) -> int | None:
+    """I of the xdist worker gwI running this process; None outside xdist workers."""
     match = re.fullmatch(r"gw(\d+)", env.get("PYTEST_XDIST_WORKER", ""))
     return int(match.group(1)) if match else None
 
@@ -34,6 +39,53 @@ def assign_device(env=os.environ) -> str | None:
 
 
 def pin_worker_device(env=os.environ) -> None:
+    """Worker gwI sees only GPU (I mod G); the parent process and CPU-only machines are left alone."""
     device = assign_device(env)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask a scheduler such as Slurm sets), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(fixed: int | None, cores: int, env=os.environ) -> int:
+    """Torch threads for this process: the profile's fixed count (tiny fixes 1 for determinism), else the cores
+    split among the xdist workers (PYTEST_XDIST_WORKER_COUNT, 1 without xdist), at least 1."""
+    if fixed:
+        return fixed
+    workers = int(env.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, cores // max(1, workers))
+
+
+def default_device() -> str:
+    """The first GPU this process sees (its own one under xdist), else the CPU; TRANSFER_BENCH_DEVICE overrides."""
+    import torch
+
+    return os.environ.get("TRANSFER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def precision(device: str) -> str:
+    """`bf16` where the device supports bf16 autocast (CUDA with bf16 support), else `fp32`."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def device_info(device: str) -> dict:
+    """What a record notes about where it ran: device, its name, precision, worker and visible GPUs."""
+    import platform
+
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else \
+        (platform.processor() or platform.machine())
+    return {"device": str(device), "device_name": name, "precision": precision(device),
+            "xdist_worker": os.environ.get("PYTEST_XDIST_WORKER"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -26,24 +26,27 @@ def accuracy(y_true, y_pred):
 def macro_f1(y_true, y_pred):
     """Macro-F1 over the labels present in y_true or y_pred (scikit-learn's default label set)."""
     y_true, y_pred, batched = _as_2d(y_true, y_pred)
-    labels = np.union1d(np.unique(y_true), np.unique(y_pred))
-    scores = []
-    for label in labels:
+    total, present = np.zeros(len(y_true)), np.zeros(len(y_true))
+    for label in np.union1d(np.unique(y_true), np.unique(y_pred)):
         t, p = y_true == label, y_pred == label
-        tp = (t & p).sum(axis=1)
-        denom = t.sum(axis=1) + p.sum(axis=1)
-        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-    return _squeeze(np.mean(scores, axis=0), batched)
+        denom = t.sum(axis=1) + p.sum(axis=1)  # 0 where a row (replicate) neither holds nor predicts the label
+        total += 2 * (t & p).sum(axis=1) / np.maximum(denom, 1)
+        present += denom > 0
+    return _squeeze(total / present, batched)
 
 
 def pearson(y_true, y_pred):
     y_true, y_pred, batched = _as_2d(y_true, y_pred)
+    y_true, y_pred = y_true.astype(np.float64), y_pred.astype(np.float64)
     t = y_true - y_true.mean(axis=1, keepdims=True)
     p = y_pred - y_pred.mean(axis=1, keepdims=True)
     denom = np.sqrt((t * t).sum(axis=1) * (p * p).sum(axis=1))
+    # A constant row correlates with nothing (scipy: NaN). Test for it exactly: rounding in the mean leaves
+    # tiny non-zero deviations that would otherwise give r = +-1.
+    constant = (np.ptp(y_true, axis=1) == 0) | (np.ptp(y_pred, axis=1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (t * p).sum(axis=1) / denom, 0.0)  # a constant prediction correlates with nothing
-    return _squeeze(r, batched)
+        r = np.where(constant, 0.0, (t * p).sum(axis=1) / denom)
+    return _squeeze(np.clip(r, -1.0, 1.0), batched)
 
 
 def spearman(y_true, y_pred):

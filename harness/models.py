@@ -6,21 +6,29 @@ Other profiles load checkpoints (a local folder or a hub id) with transformers' 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
+from harness.cache import atomic_dir, file_digest, fingerprint
 from harness.profiles import ModelSpec
 
 log = logging.getLogger(__name__)
-LOCK_TIMEOUT_S = 3600
+
+
+class ModelError(Exception):
+    """A checkpoint that cannot be loaded; str() is one line naming the model and how to work offline."""
+
+
+def from_pretrained(loader, spec: ModelSpec, **kwargs):
+    """`loader.from_pretrained` for a hub id or local folder; failures (offline, no such model) in one line."""
+    try:
+        return loader.from_pretrained(spec.source, revision=spec.revision, **kwargs)
+    except OSError as exc:  # hub unreachable, unknown id, missing files: all OSError subclasses
+        raise ModelError(f"{spec.describe}: cannot load model {spec.name!r} ({type(exc).__name__}); offline, use "
+                         f"--profile minilm or a local checkpoint folder in a --spec [models] table") from None
+
 
 # family -> (special tokens, template single, template pair, padding side)
 _SPECIALS = {
@@ -28,41 +36,6 @@ _SPECIALS = {
     "roberta": dict(pad="<pad>", unk="<unk>", cls="<s>", sep="</s>", mask="<mask>", bos="<s>", eos="</s>"),
     "xlnet": dict(pad="<pad>", unk="<unk>", cls="<cls>", sep="<sep>", mask="<mask>", bos="<s>", eos="</s>"),
 }
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-able parts (cache keys)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def atomic_dir(target: Path, build) -> Path:
-    """Build a directory once: `build(tmp)` fills a temp dir that is renamed into place; a lock serialises
-    concurrent builders (other xdist workers wait, then reuse). A killed builder leaves only a temp dir."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if (target / ".complete").exists():
-        return target
-    with FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S):
-        if (target / ".complete").exists():
-            return target
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover is never read
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build(tmp)
-            (tmp / ".complete").write_text("ok\n")
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _train_tokenizer(family: str, files: list[str], vocab_size: int):
@@ -112,7 +85,7 @@ def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
     from transformers import AutoTokenizer
 
     if spec.source != "tiny":
-        return AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+        return from_pretrained(AutoTokenizer, spec)
     vocab = spec.size.get("vocab", 2000)
     key = fingerprint("tokenizer", spec.family, vocab, [file_digest(p) for p in corpus])
     folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{spec.family}-{key}",
@@ -137,6 +110,11 @@ def tiny_config(spec: ModelSpec, tokenizer, num_labels: int, max_length: int):
     raise ValueError(f"unknown model family {spec.family!r}; valid: bert, roberta, xlnet")
 
 
+# Families whose transformers implementation has fused scaled-dot-product attention (XLNet's relative attention
+# has none); asked for explicitly so an older transformers does not fall back to the eager implementation.
+SDPA_FAMILIES = ("bert", "roberta")
+
+
 def build_model(spec: ModelSpec, tokenizer, num_labels: int, max_length: int, seed: int):
     """A sequence classification / regression (num_labels=1) model with every weight trainable.
 
@@ -147,14 +125,15 @@ def build_model(spec: ModelSpec, tokenizer, num_labels: int, max_length: int, se
 
     torch.manual_seed(seed)
     extra = {"problem_type": "regression"} if num_labels == 1 else {"problem_type": "single_label_classification"}
+    attention = {"attn_implementation": "sdpa"} if spec.family in SDPA_FAMILIES else {}
     if spec.source == "tiny":
         config = tiny_config(spec, tokenizer, num_labels, max_length)
         for key, value in extra.items():
             setattr(config, key, value)
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(config, **attention)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec.source, revision=spec.revision, num_labels=num_labels, ignore_mismatched_sizes=True, **extra)
+        model = from_pretrained(AutoModelForSequenceClassification, spec, num_labels=num_labels,
+                                ignore_mismatched_sizes=True, **extra, **attention)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -1,17 +1,549 @@
-"""Tables of a run's cell records."""
+"""Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
+
+Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
+- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
+  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
+- robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
+  from the record's `robustness` when it has one, else the difference of the two gains without an interval;
+- cost: seconds and examples/s per phase per cell, and the total.
+A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
+"""
 from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
 
 from tabulate import tabulate
 
+from harness.grid import ARMS, DOMAINS, MODELS, TASKS, parse_cell_id
+from harness.results import atomic_write_text
+
+FORMATS = ("markdown", "latex", "csv", "json")
+SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}
+PLOT_NAME = "transfer.png"
+MISSING = "missing"
+GENERAL = "general"
+PHASES = ("load", "intermediate", "train", "eval")
+GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
+BEST_NOTE = "best model per column (highest score of either arm)"
+
+
+# ---------------------------------------------------------------- summary (the one source of every format)
+
+def check_record(record: dict) -> str | None:
+    """The first field the report needs that a (schema-valid) record lacks, as 'field X missing', or None."""
+    try:
+        main = record["main_metric"]
+        for lang in [record["language"], *record["languages"]]:
+            for arm in ARMS:
+                float(record["metrics"][arm][lang][main])
+            gain = record["gain"][lang]
+            for name, interval in (("gain", gain), ("robustness", (record.get("robustness") or {}).get(lang))):
+                missing = [f for f in GAIN_FIELDS if interval is not None and f not in interval]
+                if missing:
+                    return f"field '{name}.{lang}.{missing[0]}' missing"
+    except KeyError as err:
+        return f"field {err.args[0]!r} missing (needed by the report)"
+    except (TypeError, ValueError) as err:
+        return f"a metric is not a number ({err})"
+    return None
+
+
+def usable(records: list[dict], results_dir: Path | None = None) -> tuple[list[dict], list[str]]:
+    """Records the report can use, and one error line per record it cannot (naming the record's file)."""
+    ok, errors = [], []
+    for r in records:
+        problem = check_record(r)
+        if problem is None:
+            ok.append(r)
+        else:
+            where = Path(results_dir or ".") / "cells" / f"{r.get('cell', '?')}.json"
+            errors.append(f"{where}: {problem}")
+    return ok, errors
+
+
+def _ordered(values, preferred) -> list:
+    """Known names in their canonical order, then any others (spec domains) alphabetically."""
+    values = set(values)
+    return [v for v in preferred if v in values] + sorted(values - set(preferred))
+
+
+def layout(records: list[dict], expected=()) -> dict:
+    """The grid: models x (task, domain) columns seen in the records or in the `expected` cell ids (such as
+    those of unreadable record files, so that they show as missing), and the languages."""
+    cells = [parse_cell_id(r["cell"]) for r in records]
+    for cell_id in expected:
+        try:
+            cells.append(parse_cell_id(cell_id))
+        except ValueError:
+            continue  # a file name that is no cell id: its error line already names it
+    tasks = _ordered({c.task for c in cells}, TASKS)
+    domains = _ordered({c.domain for c in cells}, DOMAINS)
+    pairs = {(c.task, c.domain) for c in cells}
+    langs: list[str] = []
+    for r in sorted(records, key=lambda r: r["cell"]):
+        langs += [x for x in r["languages"] if x not in langs]
+    return {"models": _ordered({c.model for c in cells}, MODELS),
+            "columns": [{"task": t, "domain": d} for t in tasks for d in domains if (t, d) in pairs],
+            "languages": langs}
+
+
+def _cost(record: dict) -> dict:
+    t = record["timings"]
+    trained = [i for i in record.get("intermediate") or [] if i.get("trained_here") and i.get("examples_per_s")]
+    inter_s = sum(i["seconds"] for i in trained)
+    cost = {f"{p}_s": float(t.get(f"{p}_s", 0.0)) for p in PHASES}
+    cost.update(total_s=float(t.get("total_s", sum(cost.values()))),
+                intermediate_examples_per_s=(sum(i["examples_per_s"] * i["seconds"] for i in trained) / inter_s
+                                             if inter_s > 0 else None),
+                train_examples_per_s=t.get("train_examples_per_s"), eval_examples_per_s=t.get("eval_examples_per_s"))
+    return cost
+
+
+def _score(record: dict) -> float:
+    main, lang = record["main_metric"], record["language"]
+    return max(record["metrics"][arm][lang][main] for arm in ARMS)
+
+
+def _cell_entry(model: str, task: str, domain: str, record: dict | None, metric_of: dict) -> dict:
+    entry = {"cell": f"{model}-{task}-{domain}", "model": model, "task": task, "domain": domain}
+    if record is None:
+        return {**entry, "status": MISSING, "main_metric": metric_of.get(task)}
+    lang, others = record["language"], [x for x in record["languages"] if x != record["language"]]
+    xl = [record["gain"][x]["mean"] for x in others]
+    return {**entry, "status": "ok", "profile": record["profile"], "checkpoint": record["model"],
+            "seeds": len(record["seeds"]), "main_metric": record["main_metric"], "language": lang,
+            "languages": list(record["languages"]), "metrics": record["metrics"], "gain": record["gain"],
+            "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record)}
+
+
+def _mark_best(entries: list[dict], by_id: dict) -> None:
+    for column in {(e["task"], e["domain"]) for e in entries}:
+        present = [e for e in entries if (e["task"], e["domain"]) == column and e["status"] == "ok"]
+        if present:
+            top = max(_score(by_id[e["cell"]]) for e in present)
+            for e in present:
+                e["best"] = _score(by_id[e["cell"]]) >= top - 1e-12
+
+
+def _robustness(grid: dict, by_id: dict) -> list[dict]:
+    """gain(domain) - gain(general) per model, task, shifted domain and language."""
+    rows = []
+    for model in grid["models"]:
+        for col in grid["columns"]:
+            task, domain = col["task"], col["domain"]
+            if domain == GENERAL or {"task": task, "domain": GENERAL} not in grid["columns"]:
+                continue
+            shifted, general = by_id.get(f"{model}-{task}-{domain}"), by_id.get(f"{model}-{task}-{GENERAL}")
+            langs = (shifted or general or {}).get("languages") or grid["languages"]
+            for lang in langs:
+                rows.append({"model": model, "task": task, "domain": domain, "language": lang,
+                             **_shift(shifted, general, lang)})
+    return rows
+
+
+def _shift(shifted: dict | None, general: dict | None, lang: str) -> dict:
+    empty = dict.fromkeys(GAIN_FIELDS)
+    if shifted is None or general is None or lang not in shifted["gain"] or lang not in general["gain"]:
+        return {**empty, "source": MISSING}
+    recorded = (shifted.get("robustness") or {}).get(lang)
+    if recorded:
+        return {**{f: recorded[f] for f in GAIN_FIELDS}, "source": "record"}
+    return {**empty, "mean": shifted["gain"][lang]["mean"] - general["gain"][lang]["mean"], "source": "computed"}
+
+
+def _cost_total(entries: list[dict]) -> dict:
+    costs = [e["cost"] for e in entries if e["status"] == "ok"]
+    total = {k: sum(c[k] for c in costs) for k in ("load_s", "intermediate_s", "train_s", "eval_s", "total_s")}
+    for phase in ("intermediate", "train", "eval"):
+        timed = [c for c in costs if c[f"{phase}_examples_per_s"] is not None and c[f"{phase}_s"] > 0]
+        seconds = sum(c[f"{phase}_s"] for c in timed)
+        total[f"{phase}_examples_per_s"] = (sum(c[f"{phase}_examples_per_s"] * c[f"{phase}_s"] for c in timed)
+                                            / seconds if seconds > 0 else None)
+    return total
+
+
+def summarise(records: list[dict], errors: list[str] = (), expected=()) -> dict:
+    """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
+
+    `expected`: cell ids that belong to the grid even without a usable record (shown as missing)."""
+    by_id = {r["cell"]: r for r in records}
+    grid = layout(records, expected)
+    metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.metrics: scipy costs a second
+    entries = [_cell_entry(m, c["task"], c["domain"], by_id.get(f"{m}-{c['task']}-{c['domain']}"), metric_of)
+               for m in grid["models"] for c in grid["columns"]]
+    _mark_best(entries, by_id)
+    return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
+            "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
+            "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
+            "robustness": _robustness(grid, by_id), "cost_total": _cost_total(entries), "errors": list(errors)}
+
+
+# ---------------------------------------------------------------- cell text shared by the text formats
+
+def num(x, signed: bool = False) -> str:
+    if x is None:
+        return MISSING
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _main_entry(e: dict) -> str:
+    if e["status"] != "ok":
+        return MISSING
+    lang, main = e["language"], e["main_metric"]
+    g = e["gain"][lang]
+    return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
+            f"{num(g['mean'], True)} ({g['verdict']})")
+
+
+def _gain_entry(g: dict | None) -> str:
+    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']})"
+
+
+def _interval_entry(row: dict) -> str:
+    if row["source"] == MISSING:
+        return MISSING
+    if row["source"] == "computed":
+        return f"{num(row['mean'], True)} (no interval)"
+    return f"{num(row['mean'], True)} [{num(row['ci_low'], True)}, {num(row['ci_high'], True)}] ({row['verdict']})"
+
+
+def _column_name(col: dict) -> str:
+    return f"{col['task']} / {col['domain']}"
+
+
+def _metric_note(summary: dict) -> str:
+    metrics = {}
+    for e in summary["cells"]:
+        metrics.setdefault(e["main_metric"], []).append(e["task"])
+    return ", ".join(f"{m} ({', '.join(dict.fromkeys(ts))})" for m, ts in metrics.items())
+
+
+def _cells_by(summary: dict) -> dict:
+    return {(e["model"], e["task"], e["domain"]): e for e in summary["cells"]}
+
+
+def main_rows(summary: dict, best=lambda s: f"{s} *") -> tuple[list[str], list[list[str]]]:
+    cols, by = summary["layout"]["columns"], _cells_by(summary)
+    rows = []
+    for model in summary["layout"]["models"]:
+        entries = [by[(model, c["task"], c["domain"])] for c in cols]
+        rows.append([model] + [best(_main_entry(e)) if e.get("best") else _main_entry(e) for e in entries])
+    return ["model"] + [_column_name(c) for c in cols], rows
+
+
+def cross_lingual_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    langs = summary["layout"]["languages"]
+    rows = []
+    for e in summary["cells"]:
+        gains = e.get("gain") or {}
+        xl = e.get("cross_lingual_mean")
+        mean = MISSING if e["status"] != "ok" else "-" if xl is None else num(xl, True)
+        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x)) for x in langs] + [mean])
+    return ["model", "task", "domain"] + langs + ["cross-lingual mean"], rows
+
+
+def robustness_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    domains = list(dict.fromkeys(r["domain"] for r in summary["robustness"]))
+    table: dict = {}
+    for r in summary["robustness"]:
+        table.setdefault((r["model"], r["task"], r["language"]), {})[r["domain"]] = _interval_entry(r)
+    rows = [[m, t, lang] + [by_domain.get(d, "-") for d in domains] for (m, t, lang), by_domain in table.items()]
+    return ["model", "task", "language"] + [f"{d} - {GENERAL}" for d in domains], rows
+
+
+COST_COLUMNS = {"load s": "load_s", "intermediate s": "intermediate_s",
+                "intermediate ex/s": "intermediate_examples_per_s", "train s": "train_s",
+                "train ex/s": "train_examples_per_s", "eval s": "eval_s", "eval ex/s": "eval_examples_per_s",
+                "total s": "total_s"}
+
+
+def _cost_text(key: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if key.endswith("_per_s") else f"{value:.2f}"
+
+
+def cost_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    def line(name: str, cost: dict) -> list[str]:
+        return [name] + [_cost_text(k, cost[k]) for k in COST_COLUMNS.values()]
+    rows = [line(e["cell"], e["cost"]) if e["status"] == "ok" else [e["cell"]] + [MISSING] * len(COST_COLUMNS)
+            for e in summary["cells"]]
+    rows.append(line("total", summary["cost_total"]))
+    return ["cell", *COST_COLUMNS], rows
+
+
+def robustness_note(summary: dict) -> str:
+    sources = {r["source"] for r in summary["robustness"]}
+    note = "gain(domain) - gain(general) in the main metric, same model, task and language"
+    if "computed" in sources:
+        note += ("; entries marked 'no interval' are computed from the two cells' gains because their records "
+                 "carry no `robustness` field, so they have no interval and no verdict")
+    return note + "."
+
+
+def _header(summary: dict) -> str:
+    n = len(summary["cells"])
+    return (f"profile {', '.join(summary['profiles']) or '-'}; {summary['cells_present']} of {n} cells present; "
+            f"seeds per arm {', '.join(map(str, summary['seeds'])) or '-'}; main metric {_metric_note(summary)}")
+
+
+# ---------------------------------------------------------------- formats
+
+MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {BEST_NOTE}"
+XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
+           "cross-lingual mean = mean gain over those languages.")
+COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
+             "where this run trained the intermediate model (otherwise it was cached).")
+# the tables after the main one: title, rows, note
+SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NOTE),
+            ("Robustness to domain shift", robustness_rows, robustness_note),
+            ("Cost", cost_rows, lambda summary: COST_NOTE))
+
+
+def _github(headers: list[str], rows: list[list[str]]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def to_markdown(summary: dict) -> str:
+    parts = ["# transfer-bench summary", "", _header(summary) + ".", "", "## Main table", "",
+             f"{MAIN_NOTE} in bold.", "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
+    for title, rows_of, note_of in SECTIONS:
+        parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
+    parts += _errors_md(summary)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _errors_md(summary: dict) -> list[str]:
+    if not summary["errors"]:
+        return []
+    return ["## Records not used", ""] + [f"- {e}" for e in summary["errors"]] + [""]
+
+
+_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
+
+
+def tex_escape(text) -> str:
+    """Escape LaTeX's special characters so names such as `court_rulings_10%` print as written."""
+    return str(text).translate(_TEX)
+
+
+def _tex_table(caption: str, align: str, header_lines: list[str], rows: list[list[str]]) -> str:
+    """A booktabs table. Hand-built rather than tabulate's latex_booktabs: the main table needs a two-level
+    header (\\multicolumn per task, \\cmidrule under it) and bold cells, which tabulate cannot express."""
+    body = [" & ".join(r) + r" \\" for r in rows]
+    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(caption)}}}",
+                      rf"\begin{{tabular}}{{{align}}}", r"\toprule", *header_lines, r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def _tex_main(summary: dict) -> str:
+    headers, rows = main_rows(summary, best=lambda s: f"\x00{s}\x01")
+    cols = summary["layout"]["columns"]
+    groups: list[list] = []
+    for c in cols:
+        if groups and groups[-1][0] == c["task"]:
+            groups[-1][1] += 1
+        else:
+            groups.append([c["task"], 1])
+    top, rules, start = [""], [], 2
+    for task, span in groups:
+        top.append(rf"\multicolumn{{{span}}}{{c}}{{{tex_escape(task)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    second = ["model"] + [tex_escape(c["domain"]) for c in cols]
+    cells = [[tex_escape(x).replace("\x00", r"\textbf{").replace("\x01", "}") for x in r] for r in rows]
+    caption = f"Main table ({_header(summary)}). {MAIN_NOTE} in bold."
+    return _tex_table(caption, "l" + "c" * len(cols),
+                      [" & ".join(top) + r" \\", " ".join(rules), " & ".join(second) + r" \\"], cells)
+
+
+def to_latex(summary: dict) -> str:
+    parts = ["% transfer-bench summary; needs \\usepackage{booktabs}", _tex_main(summary)]
+    for title, rows_of, note_of in SECTIONS:
+        headers, rows = rows_of(summary)
+        caption = f"{title}. {note_of(summary)}"
+        parts.append(_tex_table(caption, "l" * len(headers),
+                                [" & ".join(tex_escape(h) for h in headers) + r" \\"],
+                                [[tex_escape(x) for x in r] for r in rows]))
+    parts += [f"% record not used: {tex_escape(e)}" for e in summary["errors"]]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
+              "ci_high", "verdict")
+
+
+def _csv_value(x) -> str:
+    return "" if x is None else str(round(x, 6)) if isinstance(x, float) else str(x)
+
+
+def tidy_rows(summary: dict) -> list[dict]:
+    """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
+    rows = []
+    for e in summary["cells"]:
+        base = {k: e[k] for k in ("cell", "model", "task", "domain")}
+        if e["status"] != "ok":
+            rows.append({**base, "status": MISSING})
+            continue
+        for arm in ARMS:
+            for lang in e["languages"]:
+                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
+                         for m, v in sorted(e["metrics"][arm][lang].items())]
+        rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
+                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"]}
+                 for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
+        rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
+    by = _cells_by(summary)
+    for r in summary["robustness"]:
+        e = by[(r["model"], r["task"], r["domain"])]
+        rows.append({**{k: e[k] for k in ("cell", "model", "task", "domain")},
+                     "status": "ok" if r["source"] == "record" else r["source"], "arm": "robustness",
+                     "language": r["language"], "metric": e["main_metric"], "value": r["mean"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "verdict": r["verdict"]})
+    return rows
+
+
+def to_csv(summary: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in tidy_rows(summary):
+        writer.writerow({k: _csv_value(row.get(k)) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def to_json(summary: dict) -> str:
+    return json.dumps(summary, indent=1, sort_keys=True) + "\n"
+
+
+RENDER = {"markdown": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json}
+
+
+def render(summary: dict, fmt: str) -> str:
+    return RENDER[fmt](summary)
+
 
 def terminal_table(records: list[dict]) -> str:
-    """One line per cell and language: direct, +intermediate, gain [95% CI] and verdict."""
-    rows = []
-    for r in sorted(records, key=lambda r: r["cell"]):
-        main = r["main_metric"]
-        for lang in r["languages"]:
-            g = r["gain"][lang]
-            rows.append([r["cell"], lang, main, f"{r['metrics']['direct'][lang][main]:.3f}",
-                         f"{r['metrics']['intermediate'][lang][main]:.3f}",
-                         f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]", g["verdict"]])
-    return tabulate(rows, headers=["cell", "lang", "metric", "direct", "+intermediate", "gain [95% CI]", "verdict"])
+    """The main table for a terminal: one block per task (the full task x domain table is too wide)."""
+    summary = summarise(records)
+    headers, rows = main_rows(summary)
+    blocks = [f"{_header(summary)}\nentry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"]
+    cols = summary["layout"]["columns"]
+    for task in dict.fromkeys(c["task"] for c in cols):
+        idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]
+        blocks.append(tabulate([[r[0]] + [r[i] for i in idx] for r in rows],
+                               headers=[task] + [cols[i - 1]["domain"] for i in idx], disable_numparse=True))
+    return "\n\n".join(blocks)
+
+
+# ---------------------------------------------------------------- plot
+
+MARKERS = {"positive": "\u25b2", "negative": "\u25bc", "neutral": "\u25cb", "mixed": "\u00b1"}
+
+
+def _panels(summary: dict) -> list[tuple[str, dict]]:
+    """(title, {(model, task, domain): (gain, verdict)}) per language group: target, cross-lingual mean."""
+    target, cross, langs_t, langs_x = {}, {}, set(), set()
+    for e in summary["cells"]:
+        if e["status"] != "ok":
+            continue
+        key = (e["model"], e["task"], e["domain"])
+        g = e["gain"][e["language"]]
+        target[key] = (g["mean"], g["verdict"])
+        langs_t.add(e["language"])
+        others = [x for x in e["languages"] if x != e["language"]]
+        if others:
+            verdicts = {e["gain"][x]["verdict"] for x in others}
+            cross[key] = (e["cross_lingual_mean"], verdicts.pop() if len(verdicts) == 1 else "mixed")
+            langs_x.update(others)
+    panels = [(f"target language ({', '.join(sorted(langs_t))})", target)]
+    if cross:
+        panels.append((f"cross-lingual mean ({', '.join(sorted(langs_x))})", cross))
+    return panels
+
+
+def _draw_panel(ax, title: str, vals: dict, models: list, cols: list, image_args: dict, bound: float,
+                xlabels: bool):
+    import numpy as np
+
+    grid = np.array([[vals.get((m, c["task"], c["domain"]), (np.nan, None))[0] for c in cols] for m in models],
+                    dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", **image_args)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(cols)), [f"{c['task']}\n{c['domain']}" if xlabels else "" for c in cols], fontsize=7,
+                  rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    for i, m in enumerate(models):
+        for j, c in enumerate(cols):
+            gain, verdict = vals.get((m, c["task"], c["domain"]), (None, None))
+            dark = gain is not None and abs(gain) > 0.6 * bound
+            ax.text(j, i, MISSING if gain is None else f"{gain:+.2f} {MARKERS[verdict]}", ha="center", va="center",
+                    fontsize=7, color="white" if dark else "black", style="italic" if gain is None else "normal")
+    return image
+
+
+def figure(summary: dict):
+    """Heatmap of the gains: models x task-domain, one panel per language group (stacked, sharing the
+    columns), a verdict marker in every cell, missing cells grey.
+
+    A bare matplotlib Figure (Agg canvas, no pyplot state, no display). Colours diverge around zero
+    (TwoSlopeNorm), shared by the panels. Axes are placed in inches rather than by a layout engine, which
+    would draw the figure twice.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    models, cols = summary["layout"]["models"], summary["layout"]["columns"]
+    panels = _panels(summary)
+    gains = [v[0] for _, vals in panels for v in vals.values()] + [0.0]
+    bound = max(max(abs(g) for g in gains), 1e-3)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(min(gains), -1e-3), vmax=max(max(gains), 1e-3))
+    image_args = {"cmap": colormaps["RdBu"].with_extremes(bad="#d9d9d9"), "norm": norm}
+    left, right, bottom, top, gap = 1.0, 1.1, 1.1, 0.75, 0.35
+    pw, ph = max(0.85 * len(cols), 2.5), 0.4 * len(models) + 0.2
+    width, height = left + pw + right, bottom + len(panels) * ph + (len(panels) - 1) * gap + top
+    fig = Figure(figsize=(width, height), dpi=110)
+    for k, (title, vals) in enumerate(panels):
+        y = bottom + (len(panels) - 1 - k) * (ph + gap)
+        ax = fig.add_axes((left / width, y / height, pw / width, ph / height))
+        image = _draw_panel(ax, title, vals, models, cols, image_args, bound, xlabels=k == len(panels) - 1)
+    span = len(panels) * ph + (len(panels) - 1) * gap
+    cax = fig.add_axes(((left + pw + 0.2) / width, bottom / height, 0.12 / width, span / height))
+    fig.colorbar(image, cax=cax).set_label("gain (+intermediate - direct), main metric", fontsize=8)
+    fig.suptitle("Intermediate-task transfer gain\n" + "   ".join(f"{s} {v}" for v, s in MARKERS.items())
+                 + " (cross-lingual verdicts differ)", fontsize=8, y=1 - 0.1 / height)
+    return fig
+
+
+def plot(summary: dict, path: Path) -> Path:
+    """Write the heatmap as PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        figure(summary).savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> list[Path]:
+    """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
+    summary = summarise(records, errors, expected)
+    paths = []
+    for fmt in FORMATS:
+        path = Path(results_dir) / f"summary.{SUFFIX[fmt]}"
+        atomic_write_text(path, render(summary, fmt))
+        paths.append(path)
+    paths.append(plot(summary, Path(results_dir) / PLOT_NAME))
+    return paths

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 
 from harness import data as D
-from harness import stats
+from harness import flops, stats
 from harness.grid import Cell
 from harness.metrics import MAIN_METRIC, METRICS, score
-from harness.models import atomic_dir, body_state, build_model, file_digest, fingerprint, load_tokenizer
+from harness.cache import atomic_dir, cached_encoding, file_digest, finished_record, fingerprint, tokenizer_digest
+from harness.devices import device_info, precision
+from harness.models import body_state, build_model, load_tokenizer
 from harness.profiles import DatasetSpec, Profile
 from harness.results import SCHEMA_VERSION, env_info, record_path, write_record
-from harness.train import predict, train
+from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class RunContext:
     seeds: list
     device: str = "cpu"
     rerun: bool = False
+    compile: bool = False  # torch.compile the model for training (pytest --compile)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):
@@ -63,7 +66,7 @@ def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True) ->
             tests[spec.language] = D.load_split(spec, root, "test", labels, cache_dir=ctx.cache_dir / "datasets",
                                                 limit=spec.max_test)
             for lang, rel in sorted(spec.cross_lingual.items()):
-                tests[lang] = D.load_split(spec, root, "test", labels, file=str(Path(root) / rel),
+                tests[lang] = D.load_split(spec, root, "test", labels, file=D.cross_lingual_file(spec, root, rel),
                                            cache_dir=ctx.cache_dir / "datasets", limit=spec.max_test)
         files = [train_split.file] + [s.file for s in tests.values()]
         digest = fingerprint(spec, [file_digest(Path(f)) if Path(f).is_file() else f for f in files])
@@ -78,8 +81,9 @@ def tokenizer_for(ctx: RunContext, model_name: str):
 
 
 def _encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels):
-    return ctx.memo(("enc", model_name, split.file, len(split), max_length),
-                    lambda: D.encode(tokenizer, split, max_length, labels))
+    # id(split): a carved train and test split share their file (splits live as long as ctx, in its memo)
+    return ctx.memo(("enc", model_name, split.file, len(split), id(split), max_length),
+                    lambda: cached_encoding(ctx.cache_dir, tokenizer, split, max_length, labels))
 
 
 def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dict]:
@@ -94,8 +98,8 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     tok = tokenizer_for(ctx, cell.model)
     import transformers
-    key = fingerprint("intermediate", spec.describe, inter.digest, p.intermediate_train, seed, len(tok),
-                      torch.__version__, transformers.__version__)
+    key = fingerprint("intermediate", spec.describe, inter.digest, p.intermediate_train, seed, tokenizer_digest(tok),
+                      precision(ctx.device), torch.__version__, transformers.__version__)
     folder = ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{seed}-{key}"
     trained = {}
 
@@ -104,7 +108,8 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
         model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed)
         enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels)
         info = train(model, enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
-                     tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}")
+                     tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
+                     compile=ctx.compile)
         save_file(body_state(model), str(tmp / "body.safetensors"))
         (tmp / "meta.json").write_text(__import__("json").dumps({"key": key, **info}, indent=1))
         trained.update(info)
@@ -121,7 +126,13 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     spec = p.models[cell.model]
     t0 = time.perf_counter()
     target = load_dataset(ctx, p.targets[(cell.task, cell.domain)])
+    if not ctx.rerun:
+        done = finished_record(record_path(ctx.results_dir, cell.id), config_key(ctx, cell, target.digest))
+        if done is not None:
+            log.info("%s: finished record of the same configuration reused (--rerun trains again)", cell.id)
+            return done
     load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
+    flops.reset_peak_memory(ctx.device)
     tok = tokenizer_for(ctx, cell.model)
     hp = p.target_train
     train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
@@ -140,7 +151,8 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
                 model.base_model.load_state_dict(body)
                 timings["intermediate_s"] += meta["seconds"]
                 inter_meta.append({"seed": seed, **meta})
-            info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=f"{cell.id} {arm} s{seed}")
+            info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=f"{cell.id} {arm} s{seed}",
+                         compile=ctx.compile)
             timings["train_s"] += info["seconds"]
             train_examples += info["examples"]
             t = time.perf_counter()
@@ -153,9 +165,21 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
                    eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
+    record["throughput"] = _throughput(ctx, model, hp, train_enc, test_enc, timings)
     _save_predictions(ctx, cell, test_enc, preds)
     write_record(record_path(ctx.results_dir, cell.id), record)
     return record
+
+
+def _throughput(ctx, model, hp, train_enc, test_enc, timings) -> dict:
+    """FLOP utilisation of the target training and evaluation (every seed and arm), and the cell's peak memory."""
+    runs = 2 * len(ctx.seeds)
+    train_flops = runs * flops.train_flops(model, lengths_of(train_enc), hp.epochs)
+    eval_flops = runs * sum(flops.forward_flops(model, lengths_of(enc)) for enc in test_enc.values())
+    block = flops.throughput(train_flops, timings["train_s"], eval_flops, timings["eval_s"], ctx.device,
+                             precision(ctx.device))
+    memory = flops.peak_memory(ctx.device)
+    return {**block, "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]}
 
 
 def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
@@ -169,9 +193,10 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
             per_seed[arm][lang] = {m: [s[m] for s in scores] for m in METRICS[task]}
             metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
     for lang in test_enc:
-        gains[lang], _ = stats.gain(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang], main)
+        data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
+        gains[lang] = stats.gain(data, main, stats.stream_seed(cell.id, lang))
     inter = p.intermediates[task]
-    return {
+    record = {
         "schema": SCHEMA_VERSION, "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
         "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
         "language": target.spec.language, "languages": list(test_enc),
@@ -183,8 +208,40 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
                  "intermediate": {"name": inter.name, "train": inter_meta[0]["examples"] if inter_meta else None}},
         "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train)},
         "config_key": config_key(ctx, cell, target.digest),
-        "env": env_info(ctx.device),
+        "env": {**env_info(ctx.device), **device_info(ctx.device)},
     }
+    if cell.domain != "general":
+        robustness, note = _robustness(ctx, cell, record, test_enc, preds)
+        record.update({"robustness": robustness} if robustness else {"notes": [note]})
+    return record
+
+
+def _robustness(ctx, cell: Cell, record: dict, test_enc, preds) -> tuple[dict | None, str | None]:
+    """gain(this domain) - gain(general) per language, from the general cell's record and predictions in the
+    same results directory (the grid runs a model-task's general cell first). (None, why) when there are none
+    or they come from another configuration (seeds, intermediate models, hyper-parameters)."""
+    from harness.results import RecordError, read_record
+
+    general_id = Cell(cell.model, cell.task, "general").id
+    path = record_path(ctx.results_dir, general_id)
+    try:
+        general = read_record(path) if path.exists() else None
+    except RecordError as err:
+        return None, f"robustness omitted: {err}"
+    saved = load_predictions(ctx.results_dir, general_id)
+    if general is None or saved is None:
+        return None, f"robustness omitted: no record and predictions of {general_id} in {ctx.results_dir}"
+    same = ("seeds", "intermediate_key", "hyperparameters")
+    if [general.get(k) for k in same] != [record[k] for k in same] or \
+            [m["key"] for m in general.get("intermediate", [])] != [m["key"] for m in record["intermediate"]]:
+        return None, f"robustness omitted: {path} differs in seeds, intermediate models or hyper-parameters"
+    out = {}
+    for lang in test_enc:
+        if f"y_true/{lang}" in saved:
+            base = stats.arms(saved[f"y_true/{lang}"], saved[f"direct/{lang}"], saved[f"intermediate/{lang}"])
+            here = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
+            out[lang] = stats.robustness(base, here, record["main_metric"], stats.stream_seed(cell.id, lang, "robustness"))
+    return (out, None) if out else (None, f"robustness omitted: no test language in common with {general_id}")
 
 
 def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:

@@ -1,0 +1,129 @@
+"""Compare the gains of two runs (results directories or baseline files), cell by cell and language by language.
+
+Significance of a change: each side gives a gain and its 95% interval. The interval's half-width over
+z = 1.96 is read as that gain's standard error (normal approximation; the bootstrap percentile intervals
+are near-symmetric for these sample sizes), and the two sides are treated as independent, so the change
+new - old has standard error sqrt(se_old^2 + se_new^2) and 95% interval change +/- 1.96 * that. The change
+is significant when that interval excludes zero. Two runs scored on the same test examples are positively
+correlated, so assuming independence overstates the variance: the test is conservative.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import NormalDist
+
+from tabulate import tabulate
+
+from harness.results import SCHEMA_VERSION, cells_dir, load_records
+
+Z = NormalDist().inv_cdf(0.975)
+GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
+
+
+class SourceError(Exception):
+    """A results directory or baseline file that cannot be read at all; str() names it."""
+
+
+def _check_gains(entry: dict, where: str) -> str | None:
+    gains = entry.get("gain")
+    if not isinstance(gains, dict):
+        return f"{where}: field 'gain' missing"
+    for lang, g in gains.items():
+        missing = [f for f in GAIN_FIELDS if not isinstance(g, dict) or f not in g]
+        if missing:
+            return f"{where}: field 'gain.{lang}.{missing[0]}' missing"
+    return None
+
+
+def _baseline(path: Path) -> tuple[dict, list[str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise SourceError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise SourceError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
+        raise SourceError(f"{path}: not a baseline file (a JSON object with 'cells' is expected)")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise SourceError(f"{path}: schema version {data.get('schema')!r}, this harness reads {SCHEMA_VERSION}")
+    cells, errors = {}, []
+    for cell_id, entry in sorted(data["cells"].items()):
+        problem = _check_gains(entry, f"{path}: cell '{cell_id}'") if isinstance(entry, dict) else \
+            f"{path}: cell '{cell_id}' is not an object"
+        if problem:
+            errors.append(problem)
+        else:
+            cells[cell_id] = {**entry, "cell": cell_id}
+    return cells, errors
+
+
+def load_source(path) -> tuple[dict, list[str]]:
+    """Records by cell id of a results directory or a baseline file, and one error line per bad record.
+
+    Raises SourceError when there is nothing to compare: no such path, no records, an unreadable baseline.
+    """
+    path = Path(path)
+    if path.is_file():
+        cells, errors = _baseline(path)
+    elif path.is_dir():
+        records, errors = load_records(path)
+        cells = {}
+        for r in records:
+            problem = _check_gains(r, str(cells_dir(path) / f"{r['cell']}.json"))
+            if problem:
+                errors.append(problem)
+            else:
+                cells[r["cell"]] = r
+    else:
+        raise SourceError(f"{path}: no such results directory or baseline file")
+    if not cells and not errors:
+        raise SourceError(f"{path}: no cell records (expected {cells_dir(path)}/*.json or a baseline file)")
+    return cells, errors
+
+
+def change(old: dict, new: dict) -> dict:
+    """new - old with a 95% interval from the two intervals (independent, normal approximation)."""
+    se = math.hypot((old["ci_high"] - old["ci_low"]) / (2 * Z), (new["ci_high"] - new["ci_low"]) / (2 * Z))
+    diff = new["mean"] - old["mean"]
+    low, high = diff - Z * se, diff + Z * se
+    return {"change": diff, "ci_low": low, "ci_high": high, "significant": low > 0 or high < 0}
+
+
+def compare(old: dict, new: dict) -> list[dict]:
+    """One row per cell and language present on either side; `status` says which side has it."""
+    rows = []
+    for cell in sorted(set(old) | set(new)):
+        o, n = old.get(cell, {}).get("gain", {}), new.get(cell, {}).get("gain", {})
+        for lang in list(dict.fromkeys([*o, *n])):
+            og, ng = o.get(lang), n.get(lang)
+            row = {"cell": cell, "language": lang, "old": og, "new": ng,
+                   "status": "both" if og and ng else "only old" if og else "only new"}
+            if og and ng:
+                row.update(change(og, ng), verdict_changed=og["verdict"] != ng["verdict"])
+            rows.append(row)
+    return rows
+
+
+def _gain_text(g: dict | None) -> str:
+    if g is None:
+        return "missing"
+    return f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] {g['verdict']}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [[r["cell"], r["language"], _gain_text(r["old"]), _gain_text(r["new"]),
+              f"{r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["status"] == "both" else "-",
+              ("yes" if r["significant"] else "no") if r["status"] == "both" else "-",
+              ("CHANGED" if r["verdict_changed"] else "same") if r["status"] == "both" else r["status"]]
+             for r in rows]
+    return tabulate(lines, headers=["cell", "lang", "old gain [95% CI]", "new gain [95% CI]", "change [95% CI]",
+                                    "significant", "verdict"], disable_numparse=True)
+
+
+def summary_line(rows: list[dict]) -> str:
+    both = [r for r in rows if r["status"] == "both"]
+    return (f"{sum(r['verdict_changed'] for r in both)} verdict(s) changed, "
+            f"{sum(r['significant'] for r in both)} significant change(s) in {len(both)} cell-language pair(s); "
+            f"{len(rows) - len(both)} only on one side")

@@ -1,0 +1,35 @@
+"""A pytest plugin for the harness's integration tests: the `micro` profile, the `tiny` profile cut down so
+that a grid run in a subprocess takes seconds. Load it with `-p micro_profile` and tests/ on PYTHONPATH."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from harness import profiles
+
+
+def micro(data_dir, cache_dir) -> profiles.Profile:
+    p = profiles.tiny(data_dir, cache_dir)
+    size = {"hidden": 32, "layers": 1, "heads": 2, "ffn": 64, "vocab": 600}
+    return dataclasses.replace(
+        p, name="micro",
+        models={m: dataclasses.replace(s, size=size) for m, s in p.models.items()},
+        targets={k: s.replace(max_train=96, max_test=48) for k, s in p.targets.items()},
+        intermediates={k: s.replace(max_train=320) for k, s in p.intermediates.items()},
+        target_train=dataclasses.replace(p.target_train, epochs=2, max_length=32),
+        intermediate_train=dataclasses.replace(p.intermediate_train, epochs=1, max_length=32))
+
+
+profiles.PROFILES["micro"] = micro
+
+
+def grid_command(results_dir, cache_dir, *args) -> tuple[list[str], dict]:
+    """argv and environment of `pytest bench` on the micro profile (one seed) in a subprocess."""
+    here = Path(__file__).resolve().parent
+    argv = [sys.executable, "-m", "pytest", "-p", "micro_profile", "bench", "--profile", "micro", "--seeds", "1",
+            "--results-dir", str(results_dir), "--cache-dir", str(cache_dir), "-p", "no:cacheprovider", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = os.pathsep.join([str(here), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return argv, env

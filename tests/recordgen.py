@@ -1,0 +1,81 @@
+"""Synthetic cell records (schema 1) for tests of the report, compare and merge code: no training involved.
+
+Numbers are derived from the cell id with sha256 (stable across runs and machines) and are multiples of 1/256,
+so every float prints the same everywhere and golden files stay byte-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from harness.grid import cells
+from harness.metrics import MAIN_METRIC, METRICS
+from harness.results import SCHEMA_VERSION, record_path, write_record
+from harness.stats import verdict
+
+
+def _unit(*parts) -> float:
+    """A number in [0, 1) on a 1/256 grid, fixed by `parts`."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()[0] / 256
+
+
+def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr"), seeds: int = 1,
+                robustness: dict | None = None, profile: str = "tiny", shift: float = 0.0) -> dict:
+    """A complete record; `shift` moves every intermediate score (and so every gain) by that much."""
+    cell = f"{model}-{task}-{domain}"
+    main = MAIN_METRIC[task]
+    metrics = {"direct": {}, "intermediate": {}}
+    per_seed = {"direct": {}, "intermediate": {}}
+    gain = {}
+    for lang in languages:
+        d = 0.25 + _unit(cell, lang, "d") / 2
+        delta = (_unit(cell, lang, "g") - 0.5) / 2 + shift
+        half = 0.03125 + _unit(cell, lang, "w") / 8
+        for arm, value in (("direct", d), ("intermediate", d + delta)):
+            metrics[arm][lang] = {m: value - 0.0078125 * k for k, m in enumerate(METRICS[task])}
+            per_seed[arm][lang] = {m: [v] * seeds for m, v in metrics[arm][lang].items()}
+        gain[lang] = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half,
+                      "verdict": verdict(delta - half, delta + half)}
+    record = {
+        "schema": SCHEMA_VERSION, "cell": cell, "profile": profile, "model": f"tiny-{model}", "task": task,
+        "domain": domain, "seeds": list(range(seeds)), "main_metric": main, "language": languages[0],
+        "languages": list(languages), "metrics": metrics, "metrics_per_seed": per_seed, "gain": gain,
+        "intermediate_key": f"key-{model}-{task}",
+        "intermediate": [{"seed": s, "key": f"key-{model}-{task}", "trained_here": domain == "general",
+                          "seconds": 4.0 if domain == "general" else 0.0, "examples_per_s": 640.0, "examples": 2560}
+                         for s in range(seeds)],
+        "data": {}, "hyperparameters": {}, "config_key": f"cfg-{cell}",
+        "timings": {"load_s": 0.5, "intermediate_s": 4.0 * seeds if domain == "general" else 0.0,
+                    "train_s": 2.0 * seeds, "eval_s": 0.25 * seeds, "train_examples_per_s": 768.0,
+                    "eval_examples_per_s": 3072.0, "total_s": 0.5 + (6.25 if domain == "general" else 2.25) * seeds},
+        "env": {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.24.0", "datasets": "5.2.0",
+                "device": "cpu", "platform": "test", "torch_threads": 1, "git_commit": None},
+    }
+    if robustness is not None:
+        record["robustness"] = robustness
+    return record
+
+
+def golden_records() -> list[dict]:
+    """The fixed set behind the golden files: two models, two tasks, a spec domain whose name needs LaTeX
+    escaping, one cell missing (roberta-similarity-legal) and one record with a recorded robustness interval."""
+    out = []
+    for model in ("bert", "roberta"):
+        for task in ("classification", "similarity"):
+            for domain in ("general", "legal", "court_rulings_10%"):
+                if (model, task, domain) == ("roberta", "similarity", "legal"):
+                    continue
+                out.append(make_record(model, task, domain, languages=("en", "de")))
+    general, legal = out[0], out[1]
+    legal["robustness"] = {lang: {"mean": legal["gain"][lang]["mean"] - general["gain"][lang]["mean"],
+                                  "ci_low": -0.5, "ci_high": 0.5, "verdict": "neutral"} for lang in ("en", "de")}
+    return out
+
+
+def tiny_grid_records(shift: float = 0.0) -> list[dict]:
+    """One record per cell of the full tiny grid (27 cells, languages en, de, fr)."""
+    return [make_record(c.model, c.task, c.domain, shift=shift) for c in cells()]
+
+
+def write_records(results_dir, records) -> None:
+    for r in records:
+        write_record(record_path(results_dir, r["cell"]), r)

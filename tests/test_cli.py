@@ -1,0 +1,178 @@
+"""`python -m harness report|compare`: outputs, exit statuses, bad input; and the end-of-run summary files."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from recordgen import golden_records, tiny_grid_records, write_records
+
+from harness import compare as C
+from harness import report
+from harness.__main__ import main
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    write_records(tmp_path / "run", golden_records())
+    return tmp_path / "run"
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("fmt", report.FORMATS)
+def test_report_prints_the_golden_output(run_dir, capsys, fmt):
+    assert main(["report", "--results-dir", str(run_dir), "--format", fmt]) == 0
+    assert capsys.readouterr().out == (GOLDEN / f"report.{report.SUFFIX[fmt]}").read_text(encoding="utf-8")
+
+
+def test_report_plot_option_writes_png(run_dir, tmp_path, capsys):
+    assert main(["report", "--results-dir", str(run_dir), "--plot", str(tmp_path / "out" / "gains.png")]) == 0
+    assert (tmp_path / "out" / "gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "absent", lambda p: (p / "empty" / "cells").mkdir(parents=True)
+                                  or p / "empty"], ids=["missing-dir", "empty-dir"])
+def test_report_without_records_is_one_line_error(tmp_path, caplog, capsys, make):
+    path = make(tmp_path)
+    assert main(["report", "--results-dir", str(path)]) == 2
+    (line,) = errors(caplog)
+    assert str(path) in line and "\n" not in line
+    assert capsys.readouterr().out == ""
+
+
+def test_report_names_bad_records_and_reports_the_rest(run_dir, caplog, capsys):
+    cells = run_dir / "cells"
+    (cells / "bert-similarity-general.json").write_text("{ not json", encoding="utf-8")
+    other = json.loads((cells / "bert-similarity-legal.json").read_text())
+    other["schema"] = 2
+    (cells / "bert-similarity-legal.json").write_text(json.dumps(other), encoding="utf-8")
+    assert main(["report", "--results-dir", str(run_dir)]) == 0
+    lines = errors(caplog)
+    assert len(lines) == 2 and all("\n" not in x for x in lines)
+    assert any("bert-similarity-general.json" in x and "not valid JSON" in x for x in lines)
+    assert any("bert-similarity-legal.json" in x and "schema version 2" in x for x in lines)
+    out = capsys.readouterr().out
+    assert "9 of 12 cells present" in out
+    assert "## Records not used" in out and "bert-similarity-general.json" in out
+    bert = next(line for line in out.splitlines() if line.startswith("| bert "))
+    assert bert.count("missing") == 2  # the two unreadable cells, still in the grid
+
+
+def test_compare_identical_runs_exits_0(run_dir, capsys):
+    assert main(["compare", str(run_dir), str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "CHANGED" not in out and "0 verdict(s) changed" in out
+
+
+def test_compare_exits_1_when_a_verdict_changes(tmp_path, capsys):
+    write_records(tmp_path / "old", tiny_grid_records())
+    write_records(tmp_path / "new", tiny_grid_records(shift=0.2))
+    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "new")]) == 1
+    out = capsys.readouterr().out
+    assert "CHANGED" in out and out.rstrip().endswith("0 only on one side")
+
+
+def test_compare_accepts_a_baseline_file(run_dir, tmp_path, capsys):
+    keep = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "gain", "env")
+    baseline = {"schema": 1, "profile": "tiny",
+                "cells": {r["cell"]: {k: r[k] for k in keep} for r in golden_records()}}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(baseline), encoding="utf-8")
+    assert main(["compare", str(path), str(run_dir)]) == 0
+    assert main(["compare", str(run_dir), str(path)]) == 0
+    assert "+0.000 [" in capsys.readouterr().out
+
+
+def test_compare_reports_cells_on_one_side_only(run_dir, tmp_path, capsys):
+    write_records(tmp_path / "new", golden_records()[:-1])
+    assert main(["compare", str(run_dir), str(tmp_path / "new")]) == 0
+    assert "only old" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [("{ broken", "not valid JSON"),
+                                              ('{"schema": 2, "cells": {}}', "schema version 2"),
+                                              ('{"schema": 1}', "not a baseline file")])
+def test_compare_bad_baseline_exits_2_naming_the_file(run_dir, tmp_path, caplog, content, message):
+    path = tmp_path / "base.json"
+    path.write_text(content, encoding="utf-8")
+    assert main(["compare", str(path), str(run_dir)]) == 2
+    (line,) = errors(caplog)
+    assert str(path) in line and message in line
+
+
+def test_compare_missing_path_exits_2(run_dir, tmp_path, caplog):
+    assert main(["compare", str(run_dir), str(tmp_path / "nowhere")]) == 2
+    assert str(tmp_path / "nowhere") in errors(caplog)[0]
+
+
+def test_compare_with_an_unreadable_record_still_compares_but_exits_2(run_dir, tmp_path, caplog, capsys):
+    write_records(tmp_path / "new", golden_records())
+    (tmp_path / "new" / "cells" / "bert-similarity-general.json").write_text("[]", encoding="utf-8")
+    assert main(["compare", str(run_dir), str(tmp_path / "new")]) == 2
+    assert "bert-similarity-general.json" in errors(caplog)[0]
+    assert "bert-classification-general" in capsys.readouterr().out
+
+
+def test_change_interval_from_two_intervals():
+    z = C.Z
+    old = {"mean": 0.0, "ci_low": -0.1, "ci_high": 0.1, "verdict": "neutral"}
+    far = {"mean": 0.2, "ci_low": 0.1, "ci_high": 0.3, "verdict": "positive"}
+    near = {"mean": 0.1, "ci_low": 0.0, "ci_high": 0.2, "verdict": "neutral"}
+    result = C.change(old, far)
+    se = (0.1 / z) * 2 ** 0.5
+    assert result["change"] == pytest.approx(0.2)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.2 - z * se, 0.2 + z * se))
+    assert result["significant"] and not C.change(old, near)["significant"]
+    point = {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "verdict": "neutral"}
+    assert C.change(point, {**point, "mean": 0.01})["significant"]
+
+
+def test_module_entry_point_runs(run_dir):
+    done = subprocess.run([sys.executable, "-m", "harness", "compare", str(run_dir), str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "bert-classification-general" in done.stdout
+
+
+PLUGIN_TEST = """
+import sys
+sys.path.insert(0, {tests!r})
+import pytest
+from recordgen import make_record
+from harness.results import record_path, write_record
+
+
+@pytest.mark.parametrize("cell_id", ["bert-classification-general", "roberta-classification-legal", "bert-x-y"])
+def test_cell(cell_id, request):
+    if cell_id == "bert-x-y":
+        pytest.fail("this cell failed")
+    path = record_path(request.config.getoption("results_dir"), cell_id)
+    write_record(path, make_record(*cell_id.split("-")))
+    request.node.user_properties.append(("transfer_record", str(path)))
+"""
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_grid_run_writes_summary_files_and_prints_the_main_table(tmp_path, xdist):
+    (tmp_path / "test_fake_grid.py").write_text(textwrap.dedent(PLUGIN_TEST.format(tests=str(Path(__file__).parent))))
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path), "--results-dir",
+                           str(results), *xdist], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stdout[-3000:]  # the failed cell
+    assert sorted(p.name for p in results.iterdir()) == ["cells", "summary.csv", "summary.json", "summary.md",
+                                                        "summary.tex", "transfer.png"]
+    assert "transfer-bench summary" in done.stdout and "2 of 4 cells present" in done.stdout
+    summary = json.loads((results / "summary.json").read_text())
+    assert {e["cell"] for e in summary["cells"] if e["status"] == "missing"} == {
+        "bert-classification-legal", "roberta-classification-general"}

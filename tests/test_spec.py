@@ -1,0 +1,206 @@
+"""--spec files: parsing, validation at load time (one-line errors naming file and key), effect on a profile."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.grid import Cell
+from harness.spec import SpecError, apply_spec
+from tests.conftest import write_jsonl, write_table
+
+CONTRACTS = [{"text": f"clause number {i} about payment", "label": ["fair", "unfair"][i % 2]} for i in range(8)]
+PAIRS = [{"a": f"sentence {i}", "b": f"another sentence {i}", "sim": i / 2} for i in range(6)]
+
+
+def target_entry(**changes) -> dict:
+    entry = dict(name="contracts", task="classification", domain="finance", path="contracts")
+    entry.update(changes)
+    return entry
+
+
+def toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def write_spec(path: Path, *entries: dict, extra: str = "") -> Path:
+    blocks = ["[[dataset]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in e.items()) for e in entries]
+    path.write_text("\n".join(blocks) + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_jsonl(root / "contracts" / "train.jsonl", CONTRACTS)
+    write_jsonl(root / "contracts" / "test.jsonl", CONTRACTS[:4])
+    write_jsonl(root / "contracts-de" / "test.jsonl", CONTRACTS[4:])
+    write_table(root / "pairs" / "train.tsv", ["a", "b", "sim"], [list(r.values()) for r in PAIRS], "\t")
+    write_table(root / "pairs" / "test.tsv", ["a", "b", "sim"], [list(r.values()) for r in PAIRS[:3]], "\t")
+    return root
+
+
+def error(tiny_profile, spec, data_dir) -> str:
+    with pytest.raises(SpecError) as info:
+        apply_spec(tiny_profile, spec, data_dir)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(spec))
+    return message
+
+
+def test_target_adds_a_domain_and_intermediate_replaces_the_task(tiny_profile, data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml",
+                      target_entry(cross_lingual={"de": "contracts-de/test.jsonl"}, max_train=6),
+                      dict(name="pairs", task="similarity", domain="general", role="intermediate", format="tsv",
+                           path="pairs", text_a="a", text_b="b", score="sim"))
+    profile = apply_spec(tiny_profile, spec, data)
+    target = profile.targets[("classification", "finance")]
+    assert target.path == str((data / "contracts").resolve()) and target.max_train == 6
+    assert target.cross_lingual == {"de": str((data / "contracts-de/test.jsonl").resolve())}
+    assert (target.text, target.label, target.source) == ("text", "label", str(spec))
+    inter = profile.intermediates["similarity"]
+    assert (inter.text, inter.text_b, inter.label, inter.format) == ("a", "b", "sim", "tsv")
+    assert profile.domains[-1] == "finance" and Cell("bert", "classification", "finance") in profile.cells()
+    assert profile.skip_reason(Cell("bert", "classification", "finance")) is None
+    assert "no sentiment data set for domain 'finance'" in profile.skip_reason(Cell("bert", "sentiment", "finance"))
+    assert profile.targets[("sentiment", "general")] == tiny_profile.targets[("sentiment", "general")]
+
+
+def test_target_replaces_an_existing_cell(tiny_profile, data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", target_entry(domain="legal"))
+    profile = apply_spec(tiny_profile, spec, data)
+    assert profile.targets[("classification", "legal")].name == "contracts"
+    assert profile.domains == tiny_profile.domains
+
+
+def test_paths_are_relative_to_the_spec_folder_without_data_dir(tiny_profile, data):
+    spec = write_spec(data / "s.toml", target_entry())
+    assert apply_spec(tiny_profile, spec, None).targets[("classification", "finance")].path == \
+        str((data / "contracts").resolve())
+
+
+def test_runner_reads_a_spec_target(tiny_profile, data, tmp_path):
+    from harness.runner import RunContext, load_dataset
+
+    spec = write_spec(tmp_path / "s.toml", target_entry(cross_lingual={"de": "contracts-de/test.jsonl"}))
+    profile = apply_spec(tiny_profile, spec, data)
+    ctx = RunContext(profile, tmp_path / "results", tmp_path / "cache", seeds=[0])
+    loaded = load_dataset(ctx, profile.targets[("classification", "finance")])
+    assert (len(loaded.train), len(loaded.tests["en"]), len(loaded.tests["de"])) == (8, 4, 4)
+    assert loaded.labels == ["fair", "unfair"]
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    (dict(colour="blue"), "colour", "unknown key"),
+    (dict(task="topic"), "task", "unknown task 'topic'"),
+    (dict(role="teacher"), "role", "unknown role 'teacher'"),
+    (dict(format="xml"), "format", "unknown format 'xml'"),
+    (dict(domain="Legal Texts"), "domain", "lower-case"),
+    (dict(score="s"), "score", "does not apply to classification"),
+    (dict(max_train=0), "max_train", "positive integer"),
+    (dict(train_fraction=1.5), "train_fraction", "between 0 and 1"),
+    (dict(path="nowhere"), "path", "folder not found"),
+    (dict(label="verdict"), "label", "column missing"),
+    (dict(text="body"), "text", "column missing"),
+    (dict(cross_lingual={"de": "contracts-de/nope.jsonl"}), "cross_lingual.de", "file not found"),
+    (dict(splits={"dev": "x.jsonl"}), "splits.dev", "unknown split"),
+    (dict(cross_lingual={"en": "contracts-de/test.jsonl"}), "cross_lingual.en", "own language"),
+    (dict(role="intermediate", cross_lingual={"de": "contracts-de/test.jsonl"}), "cross_lingual", "never tested"),
+])
+def test_bad_entries_name_the_key(tiny_profile, data, tmp_path, changes, key, words):
+    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
+    assert f"[[dataset]] 1 (contracts) key '{key}'" in message and words in message
+
+
+def test_missing_required_key(tiny_profile, data, tmp_path):
+    entry = target_entry()
+    del entry["task"]
+    assert "key 'task': missing" in error(tiny_profile, write_spec(tmp_path / "s.toml", entry), data)
+
+
+def test_label_set_differing_between_splits(tiny_profile, data, tmp_path):
+    write_jsonl(data / "contracts" / "test.jsonl", CONTRACTS[:3] + [{"text": "odd clause", "label": "void"}])
+    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry()), data)
+    assert "key 'label': label set differs between splits" in message
+    assert "test.jsonl: row 4 field 'label': unknown label 'void'" in message
+
+
+def test_non_numeric_score(tiny_profile, data, tmp_path):
+    rows = [list(r.values()) for r in PAIRS[:2]] + [["x", "y", "very similar"]]
+    write_table(data / "pairs" / "test.tsv", ["a", "b", "sim"], rows, "\t")
+    spec = write_spec(tmp_path / "s.toml", dict(name="pairs", task="similarity", domain="general", format="tsv",
+                                                path="pairs", text_a="a", text_b="b", score="sim"))
+    message = error(tiny_profile, spec, data)
+    assert "(pairs) key 'score'" in message and "row 3 field 'sim': score must be a number" in message
+
+
+def test_similarity_rejects_classification_columns(tiny_profile, data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", dict(name="pairs", task="similarity", domain="general", format="tsv",
+                                                path="pairs", label="sim"))
+    assert "key 'label': does not apply to similarity (its columns: text_a, text_b, score)" in \
+        error(tiny_profile, spec, data)
+
+
+def test_two_targets_for_one_cell(tiny_profile, data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", target_entry(), target_entry(name="again"))
+    assert "[[dataset]] 2 (again) key 'domain': a second target" in error(tiny_profile, spec, data)
+
+
+def test_file_level_errors(tiny_profile, data, tmp_path):
+    assert "spec file not found" in error(tiny_profile, tmp_path / "absent.toml", data)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[dataset]\nname = 1\n")
+    assert "not valid TOML" in error(tiny_profile, bad, data)
+    top = write_spec(tmp_path / "top.toml", target_entry(), extra="\n[training]\nlr = 1\n")
+    assert "key 'training': unknown top-level key" in error(tiny_profile, top, data)
+
+
+def test_models_table(tiny_profile, data, tmp_path):
+    (data / "checkpoints" / "mine").mkdir(parents=True)
+    spec = write_spec(tmp_path / "s.toml", target_entry(),
+                      extra='\n[models]\nbert = "checkpoints/mine"\n'
+                            'roberta = {source = "xlm-roberta-base", revision = "abc"}\n')
+    models = apply_spec(tiny_profile, spec, data).models
+    assert models["bert"].source == str((data / "checkpoints" / "mine").resolve())
+    assert (models["roberta"].source, models["roberta"].revision) == ("xlm-roberta-base", "abc")
+    assert models["xlnet"] == tiny_profile.models["xlnet"]
+    wrong = write_spec(tmp_path / "w.toml", target_entry(), extra='\n[models]\ngpt = "gpt2"\n')
+    assert "[models] key 'gpt': unknown model row" in error(tiny_profile, wrong, data)
+
+
+def test_plugin_turns_a_bad_spec_into_a_usage_error(data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", target_entry(task="topic"))
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench"), "--collect-only", "-q",
+                          "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
+                          "--results-dir", str(tmp_path / "results")],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert f"{spec}: [[dataset]] 1 (contracts) key 'task': unknown task 'topic'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.md").is_file(), reason=f"no real data at {SHARED_DATA}")
+def test_readme_worked_example(tmp_path):
+    """The README's example spec applies to the minilm profile as documented."""
+    import re
+
+    from harness.profiles import load_profile
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    spec = tmp_path / "my-data.toml"
+    spec.write_text(re.search(r"```toml\n(# my-data\.toml\n.*?)```", readme, re.S).group(1), encoding="utf-8")
+    profile = load_profile("minilm", SHARED_DATA, tmp_path, spec=str(spec))
+    assert profile.domains[-1] == "products"
+    assert profile.skip_reason(Cell("bert", "sentiment", "products")) is None
+    legal = profile.targets[("classification", "legal")]
+    assert (legal.name, legal.language, sorted(legal.cross_lingual)) == ("unfair_tos-de", "de", ["en", "it", "pl"])

@@ -1,0 +1,86 @@
+"""The grid under pytest-xdist: shared intermediate models trained once, the same numbers as without xdist,
+and one summary on the controller. Real `pytest bench` runs of the micro profile in subprocesses."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from harness.results import load_records
+from micro_profile import grid_command
+
+ROOT = Path(__file__).resolve().parents[1]
+# Three cells in collection order cls-general, cls-medical, sent-general: under `--dist load` with two workers
+# they are dealt round-robin, so both workers start with a classification cell and need the same intermediate
+# model at the same time (the lock decides who trains it).
+CELLS = ("--models", "bert", "--tasks", "classification,sentiment", "--domains", "general,medical",
+         "-k", "not sentiment-medical")
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp: Path, *args) -> tuple[subprocess.CompletedProcess, dict]:
+    argv, env = grid_command(tmp / "results", tmp / "cache", *CELLS, *args)
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    records, errors = load_records(tmp / "results")
+    assert errors == []
+    return run, {r["cell"]: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("serial"), "-n", "0")
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("xdist"), "-n", "2", "--dist", "load")
+
+
+def test_all_cells_ran_in_both_modes(serial, two_workers):
+    expected = {"bert-classification-general", "bert-classification-medical", "bert-sentiment-general"}
+    assert set(serial[1]) == set(two_workers[1]) == expected
+
+
+def test_intermediate_models_trained_once_per_key_across_workers(two_workers):
+    records = two_workers[1]
+    trained = defaultdict(int)
+    for record in records.values():
+        for entry in record["intermediate"]:
+            trained[entry["key"]] += entry["trained_here"]
+    assert len(trained) == 2 and set(trained.values()) == {1}, trained
+    # the two classification cells shared one key and ran on different workers at the same time
+    general, medical = records["bert-classification-general"], records["bert-classification-medical"]
+    assert general["intermediate_key"] == medical["intermediate_key"]
+    assert general["env"]["xdist_worker"] != medical["env"]["xdist_worker"]
+    assert {r["env"]["xdist_worker"] for r in records.values()} == {"gw0", "gw1"}
+
+
+def test_metrics_identical_with_and_without_xdist(serial, two_workers):
+    for cell, record in serial[1].items():
+        other = two_workers[1][cell]
+        assert other["metrics_per_seed"] == record["metrics_per_seed"], cell
+        assert other["gain"] == record["gain"], cell
+        assert other["config_key"] == record["config_key"]
+
+
+def test_records_say_where_they_ran(serial, two_workers):
+    for record in serial[1].values():
+        env = record["env"]
+        assert env["device"] == "cpu" and env["precision"] == "fp32" and env["device_name"]
+        assert env["xdist_worker"] is None and env["torch_threads"] == 1  # the profile fixes one thread
+    assert {r["env"]["torch_threads"] for r in two_workers[1].values()} == {1}
+
+
+def test_one_summary_with_every_cell(serial, two_workers):
+    """The controller gathers every worker's cells into one terminal summary and one set of summary files."""
+    for run, records in (serial, two_workers):
+        assert run.stdout.count("transfer-bench summary") == 1
+        results = Path(run.args[run.args.index("--results-dir") + 1])
+        summary = json.loads((results / "summary.json").read_text())
+        assert sorted(c["cell"] for c in summary["cells"]) == sorted(records)
+        assert "summary.json" in run.stdout.split("transfer-bench summary", 1)[1]
