@@ -78,14 +78,25 @@ def precision(device: str) -> str:
     return "fp32"
 
 
-def device_info(device: str) -> dict:
-    """What a record notes about where it ran: device, its name, precision, worker and visible GPUs."""
+def cpu_name() -> str:
+    """The CPU model (`model name` in /proc/cpuinfo on Linux), else what `platform` knows."""
     import platform
 
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict:
+    """What a record notes about where it ran: device, its name, precision, worker and visible GPUs."""
     import torch
 
-    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else \
-        (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else cpu_name()
     return {"device": str(device), "device_name": name, "precision": precision(device),
             "xdist_worker": os.environ.get("PYTEST_XDIST_WORKER"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -6,9 +6,11 @@ Other profiles load checkpoints (a local folder or a hub id) with transformers' 
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.cache import atomic_dir, file_digest, fingerprint
@@ -30,6 +32,8 @@ def from_pretrained(loader, spec: ModelSpec, **kwargs):
                          f"--profile minilm or a local checkpoint folder in a --spec [models] table") from None
 
 
+TOKENIZER_RECIPE = 2  # bump when tokenizer training changes: part of the tokenizer cache key
+
 # family -> (special tokens, template single, template pair, padding side)
 _SPECIALS = {
     "bert": dict(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]"),
@@ -49,7 +53,11 @@ def _train_tokenizer(family: str, files: list[str], vocab_size: int):
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+        # The "##x" pieces are otherwise created in hash-map order, so their ids, the merge tie-breaks and
+        # the vocabulary differ from run to run (huggingface/tokenizers#1794); declared up front they get fixed
+        # ids. They are kept out of the final tokenizer's special tokens (see _rebuild_wordpiece).
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                            special_tokens=specials + _continuations(tok.normalizer, files))
     elif family == "roberta":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -65,6 +73,10 @@ def _train_tokenizer(family: str, files: list[str], vocab_size: int):
     else:
         raise ValueError(f"unknown model family {family!r}; valid: {', '.join(_SPECIALS)}")
     tok.train(files, trainer)
+    if family == "bert":
+        tok = _rebuild_wordpiece(tok, specials, sp["unk"])
+    elif family == "xlnet":
+        tok = _rescore_unigram(tok, files, specials, sp["unk"])
     cls, sep = sp["cls"], sp["sep"]
     ids = [(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))]
     if family == "bert":
@@ -80,6 +92,46 @@ def _train_tokenizer(family: str, files: list[str], vocab_size: int):
         mask_token=sp["mask"], padding_side="left" if family == "xlnet" else "right", model_input_names=names)
 
 
+def _continuations(normalizer, files: list[str]) -> list[str]:
+    chars = set()
+    for file in files:
+        chars |= set(normalizer.normalize_str(Path(file).read_text(encoding="utf-8")))
+    return [f"##{c}" for c in sorted(chars) if not c.isspace()]
+
+
+def _rebuild_wordpiece(trained, specials: list[str], unk: str):
+    """The trained WordPiece vocabulary in a fresh tokenizer whose only special tokens are the real ones."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordPiece(json.loads(trained.to_str())["model"]["vocab"], unk_token=unk))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def _rescore_unigram(trained, files: list[str], specials: list[str], unk: str):
+    """Deterministic scores for the trained Unigram pieces.
+
+    UnigramTrainer's EM sums over a hash map, so its scores vary in the last digits from run to run and the
+    ids (ordered by score) with them. Its pieces are kept; each is scored by its smoothed log frequency when
+    the corpus is segmented with all pieces equally likely (fewest pieces), and ids follow (score, piece).
+    """
+    from tokenizers import models
+
+    trained_vocab = json.loads(trained.to_str())["model"]["vocab"]
+    pieces = sorted(p for p, _ in trained_vocab if p not in specials)
+    head = [(p, 0.0) for p, _ in trained_vocab if p in specials]
+    trained.model = models.Unigram(head + [(p, -1.0) for p in pieces], [p for p, _ in head].index(unk), False)
+    counts = np.zeros(len(head) + len(pieces))
+    for file in files:
+        for enc in trained.encode_batch(Path(file).read_text(encoding="utf-8").splitlines(), add_special_tokens=False):
+            np.add.at(counts, enc.ids, 1)
+    scores = np.log((counts[len(head):] + 1) / (counts[len(head):].sum() + len(pieces)))
+    ranked = sorted(zip(pieces, scores.tolist()), key=lambda ps: (-ps[1], ps[0]))
+    trained.model = models.Unigram(head + ranked, [p for p, _ in head].index(unk), False)
+    return trained
+
+
 def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
     """The tokenizer of a model: trained and cached for tiny configs, else the checkpoint's own."""
     from transformers import AutoTokenizer
@@ -87,7 +139,7 @@ def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
     if spec.source != "tiny":
         return from_pretrained(AutoTokenizer, spec)
     vocab = spec.size.get("vocab", 2000)
-    key = fingerprint("tokenizer", spec.family, vocab, [file_digest(p) for p in corpus])
+    key = fingerprint("tokenizer", TOKENIZER_RECIPE, spec.family, vocab, [file_digest(p) for p in corpus])
     folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{spec.family}-{key}",
                         lambda tmp: _train_tokenizer(spec.family, [str(p) for p in corpus], vocab).save_pretrained(tmp))
     return AutoTokenizer.from_pretrained(str(folder))

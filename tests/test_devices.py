@@ -85,8 +85,8 @@ _PROBE = '''
 import json, os, pytest
 from harness.devices import threads_per_worker, usable_cores
 
-@pytest.mark.parametrize("cell_id", [f"{g}-{d}" for g in ("bert-similarity", "xlnet-sentiment")
-                                  for d in ("general", "medical", "legal", "other")])
+@pytest.mark.parametrize("cell_id", [f"{g}-{d}" for d in ("general", "medical", "legal", "other")
+                                  for g in ("bert-similarity", "xlnet-sentiment")])  # groups interleaved
 def test_probe(cell_id):
     out = {"group": cell_id.rsplit("-", 1)[0], "worker": os.environ.get("PYTEST_XDIST_WORKER"),
            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": threads_per_worker(None, usable_cores())}
@@ -113,3 +113,16 @@ def test_two_workers_get_their_gpu_threads_and_grouped_cells(tmp_path):
     assert {r["threads"] for r in rows} == {max(1, usable_cores() // 2)}
     for group in ("bert-similarity", "xlnet-sentiment"):
         assert len({r["worker"] for r in rows if r["group"] == group}) == 1, rows
+
+
+@pytest.mark.parametrize("nodeid, group", [
+    ("bench/test_transfer.py::test_transfer[bert-classification-general]", "bert-classification"),
+    ("bench/test_transfer.py::test_transfer[xlnet-similarity-my-contracts]@xlnet-similarity", "xlnet-similarity"),
+    ("tests/test_x.py::test_y[1-2-3]", None),  # not a cell: scheduled on its own
+    ("tests/test_x.py::test_y", None),
+])
+def test_loadgroup_scheduling_groups_cells_by_model_and_task(nodeid, group):
+    from harness.plugin import _cell_of
+
+    cell = _cell_of(nodeid)
+    assert (cell.group if cell else None) == group

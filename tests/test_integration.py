@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,65 +21,81 @@ MODEL_TASK = "bert-classification"
 GOOD, SHIFTED, BAD = f"{MODEL_TASK}-general", f"{MODEL_TASK}-legal", f"{MODEL_TASK}-medical"
 BAD_FILE = "classification-medical/en/test.jsonl"
 BAD_ROW = 5
-# Under `-n 2` (the plugin schedules with loadgroup) every test here goes to one worker, so the module's
-# subprocess runs happen once, not once per worker.
-pytestmark = pytest.mark.xdist_group("integration")
 TIMINGS = ("load_s", "intermediate_s", "train_s", "eval_s", "train_examples_per_s", "eval_examples_per_s",
            "total_s")
+
+
+def _bench(inner_pytest, data_dir, out, selection, *extra) -> dict:
+    proc = inner_pytest("bench", "-p", "no:hypothesispytest", "-k", selection, "--seeds", "1", "--data-dir",
+                        str(data_dir), "--results-dir", str(out / "results"), "--cache-dir", str(out / "cache"),
+                        *extra)
+    return {"returncode": proc.returncode, "output": proc.stdout + proc.stderr, "results": str(out / "results")}
+
+
+def _once(tmp_path_factory, name: str, make) -> dict:
+    """Run `make(folder)` once per test session even under xdist (the workers share the parent of their
+    base temp dirs; a lock lets the first do the work and the others read its outcome)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, outcome = shared / f"integration-{name}", shared / f"integration-{name}.json"
+    with FileLock(str(outcome) + ".lock"):
+        if not outcome.exists():
+            folder.mkdir(exist_ok=True)
+            outcome.write_text(json.dumps(make(folder)))
+    return json.loads(outcome.read_text())
 
 
 @pytest.fixture(scope="module")
 def data_dir(tiny_corpora, tmp_path_factory):
     """A copy of the tiny corpora whose medical classification test split has an unknown label in one row."""
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    shutil.copytree(tiny_corpora, root)
-    path = root / BAD_FILE
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    row = json.loads(lines[BAD_ROW - 1])
-    row["label"] = "astrology"
-    lines[BAD_ROW - 1] = json.dumps(row) + "\n"
-    path.write_text("".join(lines), encoding="utf-8")
-    return root
 
-
-def _bench(inner_pytest, data_dir, out, selection, *extra):
-    proc = inner_pytest("bench", "-p", "no:hypothesispytest", "-k", selection, "--seeds", "1", "--data-dir",
-                        str(data_dir), "--results-dir", str(out / "results"), "--cache-dir", str(out / "cache"),
-                        *extra)
-    return proc, proc.stdout + proc.stderr
+    def make(folder):
+        root = folder / "tiny"
+        shutil.copytree(tiny_corpora, root)
+        path = root / BAD_FILE
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        row = json.loads(lines[BAD_ROW - 1])
+        row["label"] = "astrology"
+        lines[BAD_ROW - 1] = json.dumps(row) + "\n"
+        path.write_text("".join(lines), encoding="utf-8")
+        return {"path": str(root)}
+    return Path(_once(tmp_path_factory, "data", make)["path"])
 
 
 @pytest.fixture(scope="module")
 def first_run(inner_pytest, data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run1")
-    proc, output = _bench(inner_pytest, data_dir, out, f"{GOOD} or {SHIFTED} or {BAD}")
-    return proc, output, out / "results"
+    return _once(tmp_path_factory, "run1",
+                 lambda out: _bench(inner_pytest, data_dir, out, f"{GOOD} or {SHIFTED} or {BAD}"))
 
 
 @pytest.fixture(scope="module")
 def second_run(inner_pytest, data_dir, first_run, tmp_path_factory):
-    """The general cell again: same results dir with --rerun, a fresh cache (tokenizer and intermediate
-    model trained again), so every number must be reproduced, not reused."""
-    results = first_run[2]
-    out = tmp_path_factory.mktemp("run2")
-    proc, output = _bench(inner_pytest, data_dir, out, GOOD, "--rerun", "--results-dir", str(results))
-    return proc, output, results
+    """The general cell again, over a copy of the first run's results with --rerun and a fresh cache (tokenizer
+    and intermediate model trained again): every number must be reproduced, none reused."""
+
+    def make(out):
+        shutil.copytree(first_run["results"], out / "results")
+        return _bench(inner_pytest, data_dir, out, GOOD, "--rerun")
+    return _once(tmp_path_factory, "run2", make)
 
 
 def _record(results, cell_id) -> dict:
-    return json.loads((results / "cells" / f"{cell_id}.json").read_text())
+    return json.loads((Path(results) / "cells" / f"{cell_id}.json").read_text())
 
 
 def test_good_cells_pass_and_only_the_bad_one_fails(first_run):
-    proc, output, results = first_run
-    assert proc.returncode == 1, output
+    output, results = first_run["output"], Path(first_run["results"])
+    assert first_run["returncode"] == 1, output
     assert re.search(r"\b1 failed, 2 passed\b", output), output
     assert sorted(p.stem for p in (results / "cells").glob("*.json")) == sorted([GOOD, SHIFTED])
     assert not (results / "predictions" / f"{BAD}.npz").exists()
 
 
 def test_bad_data_fails_in_one_line_naming_file_row_and_field(first_run, data_dir):
-    _, output, _ = first_run
+    output = first_run["output"]
     lines = [line for line in output.splitlines() if "astrology" in line]
     assert lines, output
     assert str(data_dir / BAD_FILE) in lines[0]
@@ -86,7 +104,7 @@ def test_bad_data_fails_in_one_line_naming_file_row_and_field(first_run, data_di
 
 
 def test_record_fields_are_present_and_sane(first_run):
-    record = _record(first_run[2], GOOD)
+    record = _record(first_run["results"], GOOD)
     assert record["cell"] == GOOD and record["profile"] == "tiny"
     assert (record["task"], record["domain"], record["seeds"]) == ("classification", "general", [0])
     assert record["main_metric"] == "accuracy"
@@ -108,7 +126,7 @@ def test_record_fields_are_present_and_sane(first_run):
 
 
 def test_timings_are_recorded(first_run):
-    timings = _record(first_run[2], GOOD)["timings"]
+    timings = _record(first_run["results"], GOOD)["timings"]
     assert set(TIMINGS) <= set(timings)
     assert all(math.isfinite(timings[k]) and timings[k] >= 0 for k in TIMINGS)
     assert timings["train_examples_per_s"] > 0 and timings["eval_examples_per_s"] > 0
@@ -117,25 +135,25 @@ def test_timings_are_recorded(first_run):
 
 
 def test_intermediate_model_is_trained_once_and_reused_across_domains(first_run):
-    general, shifted = (_record(first_run[2], c) for c in (GOOD, SHIFTED))
+    general, shifted = (_record(first_run["results"], c) for c in (GOOD, SHIFTED))
     assert general["intermediate_key"] == shifted["intermediate_key"]
     trained = [general["intermediate"][0]["trained_here"], shifted["intermediate"][0]["trained_here"]]
     assert sorted(trained) == [False, True]
 
 
 def test_predictions_are_saved_per_language(first_run):
-    record = _record(first_run[2], GOOD)
-    with np.load(first_run[2] / "predictions" / f"{GOOD}.npz") as saved:
+    record = _record(first_run["results"], GOOD)
+    with np.load(Path(first_run["results"]) / "predictions" / f"{GOOD}.npz") as saved:
         for lang, size in record["data"]["target"]["test"].items():
             assert saved[f"y_true/{lang}"].shape == (size,)
             assert saved[f"direct/{lang}"].shape == saved[f"intermediate/{lang}"].shape == (1, size)
 
 
 def test_same_seed_same_metrics_on_a_second_run(first_run, second_run):
-    before = _record(first_run[2], GOOD)
-    proc, output, results = second_run
-    assert proc.returncode == 0, output
-    after = _record(results, GOOD)
-    assert after["intermediate"][0]["trained_here"], "the second run must retrain, not reuse"
+    before = _record(first_run["results"], GOOD)
+    assert second_run["returncode"] == 0, second_run["output"]
+    after = _record(second_run["results"], GOOD)
+    assert after["intermediate"][0]["trained_here"], "a fresh cache: the intermediate model is trained again"
+    assert after["timings"] != before["timings"], "--rerun must train the cell again, not reuse its record"
     for key in ("metrics", "metrics_per_seed", "gain", "intermediate_key", "config_key"):
         assert after[key] == before[key], key

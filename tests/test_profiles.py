@@ -50,15 +50,15 @@ def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     ctx = RunContext(p, tmp_path / "results", tmp_path / "cache", seeds=[0])
     sib = load_dataset(ctx, p.targets[("classification", "general")])
-    assert len(sib.train) == 240 and len(sib.labels) == 7 and len(sib.tests) == 12
-    assert all(len(s) == 204 for s in sib.tests.values())
+    assert len(sib.train) == 160 and len(sib.labels) == 7 and len(sib.tests) == 12
+    assert all(len(s) == 100 for s in sib.tests.values())
     sts = load_dataset(ctx, p.targets[("similarity", "general")])
     assert sts.train.file.endswith("stsb/dev.jsonl") and sts.labels is None
-    assert set(sts.tests) == {"en", "ar", "es", "en-ar", "es-en", "tr-en"} and len(sts.tests["en"]) == 300
+    assert set(sts.tests) == {"en", "ar", "es", "en-ar", "es-en", "tr-en"} and len(sts.tests["en"]) == 150
     tos = load_dataset(ctx, p.targets[("classification", "legal")])
     assert tos.labels == ["fair", "unfair"] and set(tos.tests) == {"en", "de", "it", "pl"}
     inter = load_dataset(ctx, p.intermediates["sentiment"], with_tests=False)
-    assert len(inter.train) == 480 and inter.labels == ["negative", "positive"]
+    assert len(inter.train) == 320 and inter.labels == ["negative", "positive"]
 
 
 def test_minilm_weights_load_offline():
