@@ -302,7 +302,7 @@ class CellRunner:
         if status == "unusable":
             pytest.fail(message, pytrace=False)
         self.node.user_properties.append((BASELINE_KEY, (record["cell"], status)))
-        if status == "changed" or status != "ok" and config.getoption("strict_baselines"):
+        if status == "changed" or (status != "ok" and config.getoption("strict_baselines")):
             pytest.fail(message + (" (--strict-baselines)" if status != "changed" else ""), pytrace=False)
         if status != "ok":
             warnings.warn(BaselineWarning(message), stacklevel=2)

@@ -6,7 +6,8 @@ Fast where it matters, without changing what is computed (on CPU a seed gives th
   before (runner memo and disk cache), collate only pads;
 - fused AdamW and foreach gradient clipping: a few kernels over all tensors instead of a Python loop per tensor;
 - no host-device sync per step (losses stay on the device until the end);
-- prediction under inference_mode, in large length-sorted batches;
+- prediction under inference_mode, in length-sorted batches of up to `batch_size` examples that hold about
+  `batch_size` x mean-length tokens (long examples go in smaller batches: padding costs as much as real tokens);
 - on CUDA: bf16 autocast where the device supports it (devices.precision), pinned host memory with non-blocking
   copies; `compile=True` (pytest --compile) runs the model through torch.compile.
 """
@@ -37,6 +38,21 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
         block = block[np.argsort(lengths[block], kind="stable")]
         batches += [block[i:i + batch_size] for i in range(0, len(block), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list:
+    """Indices sorted by length, cut into batches of at most `batch_size` examples and `batch_size` x mean
+    length padded tokens."""
+    order = np.argsort(lengths, kind="stable")
+    budget = batch_size * max(1.0, float(lengths.mean())) if len(lengths) else 0.0
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < batch_size and (end + 1 - start) * lengths[order[end]] <= budget:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def collate(data: Encoded, idx, pad_id: int, left_pad: bool, device, with_labels: bool = False) -> dict:
@@ -126,13 +142,13 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
 def predict(model, data: Encoded, batch_size: int, device, pad_id: int, left_pad: bool) -> np.ndarray:
     """Class ids (or regression scores) in the order of `data`; batches sorted by length."""
     model.to(device).eval()
-    order = np.argsort(lengths_of(data), kind="stable")
+    batches = eval_batches(lengths_of(data), batch_size)
     out, amp = [], autocast(device)
-    for start in range(0, len(order), batch_size):
+    for idx in batches:
         with amp:
-            logits = model(**collate(data, order[start:start + batch_size], pad_id, left_pad, device)).logits
+            logits = model(**collate(data, idx, pad_id, left_pad, device)).logits
         out.append(logits.squeeze(-1).float() if logits.shape[-1] == 1 else logits.argmax(-1))
     preds = torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
     result = np.empty_like(preds)
-    result[order] = preds
+    result[np.concatenate(batches) if batches else []] = preds
     return result

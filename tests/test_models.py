@@ -45,6 +45,10 @@ def test_bert_special_tokens_and_segments(tiny_tokenizers):
     second = pair.index("[SEP]") + 1
     assert set(enc["token_type_ids"][:second]) == {0} and set(enc["token_type_ids"][second:]) == {1}
     assert tok.padding_side == "right"
+    assert set(tok.all_special_tokens) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    for word in ("bababa", "zuzuzu"):  # WordPiece: a word's later pieces carry the ## continuation prefix
+        pieces = tok.tokenize(word)
+        assert len(pieces) > 1 and not pieces[0].startswith("##") and all(p.startswith("##") for p in pieces[1:])
 
 
 def test_roberta_special_tokens(tiny_tokenizers):
@@ -130,3 +134,27 @@ def test_body_state_excludes_the_head_and_loads_into_a_new_head(tiny_profile, ti
     target = build_model(spec, tok, 4, 48, seed=2)
     target.base_model.load_state_dict(body)
     assert all(torch.equal(v, target.base_model.state_dict()[k]) for k, v in body.items())
+
+
+_TRAIN_AND_HASH = """
+import hashlib, json, sys
+from pathlib import Path
+from harness.models import _train_tokenizer
+files = sys.argv[1:]
+print(json.dumps({f: hashlib.sha256(_train_tokenizer(f, files, 2000).backend_tokenizer.to_str().encode()).hexdigest()
+                  for f in ("bert", "roberta", "xlnet")}))
+"""
+
+
+def test_tokenizer_training_is_deterministic_across_processes(tiny_profile):
+    """Fresh caches (a CI machine, a second run) must train the same tokenizers: the tokenizers library's
+    trainers iterate hash maps seeded per process (huggingface/tokenizers#1794), which the harness works around."""
+    import subprocess
+    import sys
+
+    corpus = [str(tiny_profile.data_root / f) for f in tiny_profile.tokenizer_corpus]
+    runs = [subprocess.Popen([sys.executable, "-c", _TRAIN_AND_HASH, *corpus], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    first, second = (run.communicate(timeout=300)[0] for run in runs)
+    assert all(run.returncode == 0 for run in runs)
+    assert first == second and first.strip()

@@ -7,12 +7,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import flops
 from harness.data import Split, encode
 from harness.models import build_model
 from harness.profiles import TrainConfig
-from harness.train import autocast, collate, lengths_of, predict, to_device, train
+from harness.train import autocast, collate, eval_batches, lengths_of, predict, to_device, train
 
 
 def _toy(tok, n: int = 48):
@@ -135,3 +137,17 @@ def test_speed_benchmarks_stay_out_of_the_grid_run(inner_pytest, tiny_corpora, t
                         "--cache-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(SPEED.findall(proc.stdout)) == speed and len(GRID.findall(proc.stdout)) == grid, proc.stdout
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 64), min_size=0, max_size=300), st.integers(1, 64))
+def test_eval_batches_cover_each_index_once_within_the_token_budget(lengths, batch_size):
+    lengths = np.asarray(lengths, dtype=np.int64)
+    batches = eval_batches(lengths, batch_size)
+    flat = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert np.all(np.diff(lengths[flat]) >= 0)  # length-sorted throughout
+    budget = batch_size * max(1.0, lengths.mean()) if len(lengths) else 0
+    for b in batches:
+        assert 1 <= len(b) <= batch_size
+        assert len(b) == 1 or len(b) * lengths[b].max() <= budget
