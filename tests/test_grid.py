@@ -37,9 +37,10 @@ def collect(tiny_corpora, tmp_path_factory, inner_pytest):
 
     def run(*args, paths=("bench",)):
         # hypothesis's plugin alone costs seconds of import per run and plays no part in the grid
-        proc = inner_pytest(*paths, "--collect-only", "-q", "-p", "no:hypothesispytest", "--data-dir",
-                            str(tiny_corpora), "--cache-dir", str(cache), "--results-dir", str(cache / "results"),
-                            *args)
+        # `--opt=value`: a bare path argument would take part in pytest's rootdir choice (common ancestor of
+        # the path arguments), and with a checkout under /tmp the rootdir would become /tmp
+        proc = inner_pytest(*paths, "--collect-only", "-q", "-p", "no:hypothesispytest", f"--data-dir={tiny_corpora}",
+                            f"--cache-dir={cache}", f"--results-dir={cache / 'results'}", *args)
         output = proc.stdout + proc.stderr
         return proc.returncode, GRID_LINE.findall(proc.stdout), output
     return run
