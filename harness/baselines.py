@@ -39,11 +39,10 @@ def baseline_path(folder, profile: str) -> Path:
     return Path(folder) / f"{profile}.json"
 
 
-def load(path: Path, profile: str) -> dict:
-    """The baseline entries by cell id of `profile`; {} when the file does not exist. Raises BaselineError."""
+def read_file(path: Path) -> dict:
+    """The parsed baseline file (JSON object with 'cells', this schema version), of any profile.
+    Raises BaselineError naming the file."""
     path = Path(path)
-    if not path.exists():
-        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
@@ -54,6 +53,15 @@ def load(path: Path, profile: str) -> dict:
         raise BaselineError(f"{path}: not a baseline file (a JSON object with 'cells' is expected)")
     if data.get("schema") != SCHEMA_VERSION:
         raise BaselineError(f"{path}: schema version {data.get('schema')!r}, this harness reads {SCHEMA_VERSION}")
+    return data
+
+
+def load(path: Path, profile: str) -> dict:
+    """The baseline entries by cell id of `profile`; {} when the file does not exist. Raises BaselineError."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = read_file(path)
     if data.get("profile") != profile:
         raise BaselineError(f"{path}: baselines of profile {data.get('profile')!r}, this run uses {profile!r}")
     for cell_id, entry in data["cells"].items():

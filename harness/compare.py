@@ -9,14 +9,14 @@ correlated, so assuming independence overstates the variance: the test is conser
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import NormalDist
 
 from tabulate import tabulate
 
-from harness.results import SCHEMA_VERSION, cells_dir, load_records
+from harness import baselines
+from harness.results import cells_dir, load_records
 
 Z = NormalDist().inv_cdf(0.975)
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
@@ -39,15 +39,9 @@ def _check_gains(entry: dict, where: str) -> str | None:
 
 def _baseline(path: Path) -> tuple[dict, list[str]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise SourceError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise SourceError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
-        raise SourceError(f"{path}: not a baseline file (a JSON object with 'cells' is expected)")
-    if data.get("schema") != SCHEMA_VERSION:
-        raise SourceError(f"{path}: schema version {data.get('schema')!r}, this harness reads {SCHEMA_VERSION}")
+        data = baselines.read_file(path)
+    except baselines.BaselineError as err:
+        raise SourceError(str(err)) from None
     cells, errors = {}, []
     for cell_id, entry in sorted(data["cells"].items()):
         problem = _check_gains(entry, f"{path}: cell '{cell_id}'") if isinstance(entry, dict) else \

@@ -248,8 +248,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:
     import transformers
     p = ctx.profile
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
-                       p.target_train, p.intermediate_train, list(ctx.seeds), torch.__version__,
-                       transformers.__version__)
+                       p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
+                       torch.__version__, transformers.__version__)
 
 
 def _save_predictions(ctx, cell, test_enc, preds) -> None:
