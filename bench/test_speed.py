@@ -40,7 +40,7 @@ log = logging.getLogger("harness.speed")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CASES = {"tiny-bert": ("tiny", "bert"), "tiny-roberta": ("tiny", "roberta"), "tiny-xlnet": ("tiny", "xlnet"),
          "minilm": ("minilm", "bert")}
-ROUNDS = {"tiny": {"train": 3, "eval": 5}, "minilm": {"train": 2, "eval": 3}}
+ROUNDS = {"tiny": {"train": 5, "eval": 5}, "minilm": {"train": 3, "eval": 3}}
 MAX_TRAIN = {"minilm": 320}  # 20 steps of 16: a MiniLM round takes tens of seconds on 2 cores
 SEED = 0
 

@@ -41,6 +41,23 @@ def test_collate_pads_to_the_longest_and_carries_the_labels(tiny_tokenizers, fam
     assert (first_real > 0).any() == (family == "xlnet")  # XLNet pads on the left
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])
+def test_equal_lengths_go_without_a_mask_and_change_no_number(tiny_profile, tiny_tokenizers, family):
+    tok = tiny_tokenizers[family]
+    data = _toy(tok, 200)
+    lengths = lengths_of(data)
+    same = np.flatnonzero(lengths == np.bincount(lengths).argmax())[:6]
+    assert len(same) == 6
+    pad, left = tok.pad_token_id, tok.padding_side == "left"
+    batch = collate(data, same, pad, left, "cpu")
+    assert "attention_mask" not in batch
+    assert "attention_mask" in collate(data, np.append(same, np.argmin(lengths)), pad, left, "cpu")
+    model = build_model(tiny_profile.models[family], tok, 2, 16, 0).eval()
+    with torch.no_grad():
+        masked = model(**batch, attention_mask=torch.ones_like(batch["input_ids"])).logits
+        assert torch.equal(model(**batch).logits, masked)
+
+
 def test_gpu_paths_change_nothing_on_cpu():
     tensor = torch.ones(3)
     assert to_device(tensor, "cpu") is tensor  # no pinning, no copy
