@@ -112,6 +112,7 @@ def summarise(benchmark, table: list, case: Case, phase: str, examples: int, our
         row[f"{name}_ex_per_s"] = examples / statistics.median(w for w, _ in runs)
         row[f"speedup_wall_vs_{name}"] = statistics.median(t[0] / o[0] for o, t in zip(ours, runs))
         row[f"speedup_cpu_vs_{name}"] = statistics.median(t[1] / o[1] for o, t in zip(ours, runs))
+        benchmark.extra_info[f"speedup_wall_vs_{name}_per_round"] = [t[0] / o[0] for o, t in zip(ours, runs)]
     row.update(harness_mfu=flop_count / wall / peak, **extra)
     benchmark.extra_info.update(row, peak_flop_per_s=peak, peak_source=source)
     table.append(row)
