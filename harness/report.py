@@ -493,19 +493,20 @@ def figure(summary: dict):
     """Heatmap of the gains: models x task-domain, one panel per language group (stacked, sharing the
     columns), a verdict marker in every cell, missing cells grey.
 
-    A bare matplotlib Figure (Agg canvas, no pyplot state, no display). Colours diverge around zero
-    (TwoSlopeNorm), shared by the panels. Axes are placed in inches rather than by a layout engine, which
+    A bare matplotlib Figure (Agg canvas, no pyplot state, no display). Colours diverge around zero on a
+    symmetric scale (CenteredNorm: a gain and a loss of the same size are equally dark, and the colour bar
+    shows both signs), shared by the panels. Axes are placed in inches rather than by a layout engine, which
     would draw the figure twice.
     """
     from matplotlib import colormaps
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import CenteredNorm
     from matplotlib.figure import Figure
 
     models, cols = summary["layout"]["models"], summary["layout"]["columns"]
     panels = _panels(summary)
     gains = [v[0] for _, vals in panels for v in vals.values()] + [0.0]
     bound = max(max(abs(g) for g in gains), 1e-3)
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(min(gains), -1e-3), vmax=max(max(gains), 1e-3))
+    norm = CenteredNorm(vcenter=0.0, halfrange=bound)
     image_args = {"cmap": colormaps["RdBu"].with_extremes(bad="#d9d9d9"), "norm": norm}
     left, right, bottom, top, gap = 1.0, 1.1, 1.1, 0.75, 0.35
     pw, ph = max(0.85 * len(cols), 2.5), 0.4 * len(models) + 0.2

@@ -178,3 +178,18 @@ def test_robustness_without_its_interval_fields_is_named(records, tmp_path):
     records[1]["robustness"]["de"].pop("ci_high")
     assert report.usable(records, tmp_path)[1] == [
         f"{tmp_path}/cells/{records[1]['cell']}.json: field 'robustness.de.ci_high' missing"]
+
+
+def test_plot_colour_scale_is_symmetric_around_zero(summary):
+    """Mostly gains and one small loss: the loss still gets its share of the colour bar, labelled."""
+    cells = [e for e in summary["cells"] if e["status"] == "ok"]
+    for k, e in enumerate(cells):
+        for g in e["gain"].values():
+            g["mean"] = 0.3 if k else -0.01
+        e["cross_lingual_mean"] = 0.2
+    fig = report.figure(summary)
+    image = next(im for ax in fig.axes for im in ax.get_images())
+    assert (image.norm.vmin, image.norm.vmax) == pytest.approx((-0.3, 0.3))
+    colourbar = fig.axes[-1]
+    ticks = [t for t in colourbar.get_yticks() if -0.3 <= t <= 0.3]
+    assert min(ticks) < 0 < max(ticks), ticks  # both signs labelled
