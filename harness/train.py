@@ -3,7 +3,7 @@
 Fast where it matters, without changing what is computed (on CPU a seed gives the same metrics every run):
 - batches are length-grouped (examples sorted by length inside shuffled chunks, then the batches shuffled) and
   padded to the longest sequence in the batch, so little compute goes to padding; a batch of equal lengths
-  (most of them) goes without an attention mask; tokenisation happened once
+  (on short texts, most of them) goes without an attention mask; tokenisation happened once
   before (runner memo and disk cache), collate only pads;
 - fused AdamW and foreach gradient clipping: a few kernels over all tensors instead of a Python loop per tensor;
 - no host-device sync per step (losses stay on the device until the end);
@@ -59,7 +59,7 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list:
 def collate(data: Encoded, idx, pad_id: int, left_pad: bool, device, with_labels: bool = False) -> dict:
     """The examples `idx` padded to the longest of them, as tensors on `device` (labels too if asked).
 
-    A batch whose examples all have the same length (length grouping makes most of them so) gets no attention
+    A batch whose examples all have the same length (length grouping makes many of them so) gets no attention
     mask: the model then skips the masking work (and SDPA may pick a mask-free kernel); on CPU the numbers are
     the same bit for bit."""
     seqs = [data.input_ids[i] for i in idx]

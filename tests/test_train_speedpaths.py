@@ -51,7 +51,8 @@ def test_equal_lengths_go_without_a_mask_and_change_no_number(tiny_profile, tiny
     pad, left = tok.pad_token_id, tok.padding_side == "left"
     batch = collate(data, same, pad, left, "cpu")
     assert "attention_mask" not in batch
-    assert "attention_mask" in collate(data, np.append(same, np.argmin(lengths)), pad, left, "cpu")
+    other = np.flatnonzero(lengths != lengths[same[0]])[0]
+    assert "attention_mask" in collate(data, np.append(same, other), pad, left, "cpu")
     model = build_model(tiny_profile.models[family], tok, 2, 16, 0).eval()
     with torch.no_grad():
         masked = model(**batch, attention_mask=torch.ones_like(batch["input_ids"])).logits
