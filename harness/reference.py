@@ -44,12 +44,10 @@ class HarnessBatches:
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
         self.lengths, self.batch_size = lengths, batch_size
         self.rng = np.random.default_rng(seed)
-        self.epochs = 0
 
     def __iter__(self):
         from harness.train import length_grouped_batches
 
-        self.epochs += 1
         return iter([b.tolist() for b in length_grouped_batches(self.lengths, self.batch_size, self.rng)])
 
     def __len__(self) -> int:  # only the last block's last batch can be short
@@ -70,7 +68,6 @@ def make_trainer(model, tokenizer, data: Encoded, cfg: TrainConfig, seed: int, o
             from harness.train import lengths_of
 
             sampler = HarnessBatches(lengths_of(data), cfg.batch_size, seed)
-            self.harness_batches = sampler
             # its own generator: the loader's per-epoch seed draw must not move the global RNG (dropout's)
             return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler,
                                                        collate_fn=self.data_collator, generator=torch.Generator()))

@@ -7,8 +7,8 @@ for the two sources of noise a reader cares about:
 - seed variance, by a Student-t term: each replicate adds t(k-1) * s / sqrt(k), s the spread of the k
   per-seed gains. Resampling k = 3 seeds instead (a nested bootstrap) cannot see its own tails: in
   simulations like those of tests/test_stats.py (256 examples, 3 seeds) it called 16-20% of no-difference
-  cases non-neutral once seed noise dominated; with the t term it was 5.1%. With one seed the interval covers test-set sampling
-  only, that is, it is conditional on the two trained models.
+  cases non-neutral once seed noise dominated; with the t term it was 5.1%. With one seed the interval
+  covers test-set sampling only, that is, it is conditional on the two trained models.
 The interval is the percentile interval of the replicates. The verdict reads it: above zero `positive`,
 below zero `negative`, otherwise `neutral`.
 

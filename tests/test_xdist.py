@@ -3,7 +3,6 @@ and one summary on the controller. Real `pytest bench` runs of the micro profile
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -39,14 +38,10 @@ def serial(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_workers(serial, tmp_path_factory):
-    """The same cells with two workers and a fresh cache, except for the trained tokenizers, copied from the
-    serial run: training a WordPiece or Unigram tokenizer is not deterministic across processes (hash-map order
-    in `tokenizers`, huggingface/tokenizers#1794), which would change the numbers for a reason xdist has no part in."""
-    tmp = tmp_path_factory.mktemp("xdist")
-    serial_cache = Path(serial[0].args[serial[0].args.index("--cache-dir") + 1])
-    shutil.copytree(serial_cache / "tokenizers", tmp / "cache" / "tokenizers")
-    return _run(tmp, "-n", "2", "--dist", "load")
+def two_workers(tmp_path_factory):
+    """The same cells with two workers and a fresh cache: tokenizers, intermediate models and all trained again
+    (tokenizer training is deterministic across processes: tests/test_models.py checks it)."""
+    return _run(tmp_path_factory.mktemp("xdist"), "-n", "2", "--dist", "load")
 
 
 def test_all_cells_ran_in_both_modes(serial, two_workers):
