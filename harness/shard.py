@@ -1,5 +1,5 @@
-"""Beyond one machine: a deterministic share of the grid per job (`--shard I/N`), and merging the result
-directories of the shards back into one run (`python -m harness merge OUT DIR...`)."""
+"""Merging the result directories of shards (`--shard I/N`, split in harness/selection.py) back into one run:
+`python -m harness merge OUT DIR...`."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness.grid import Cell
 from harness.results import load_records, record_path, write_record
 
 log = logging.getLogger(__name__)
@@ -16,37 +15,6 @@ log = logging.getLogger(__name__)
 
 class MergeError(Exception):
     """Result directories that cannot be merged; str() says which file and why."""
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`I/N` (1 <= I <= N) -> (I, N)."""
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 1/4 for the first of four shards") from None
-    if count < 1 or not 1 <= index <= count:
-        raise ValueError(f"--shard {text!r}: I must be between 1 and N (shards are numbered 1..N)")
-    return index, count
-
-
-def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    """Shard `index` of `count` (1-based) of `cells`, in their order; the shards partition the cells.
-
-    Cells of a model-task group share an intermediate model, so whole groups are dealt out (largest first, then
-    by name, each to the least loaded shard) unless there are more shards than groups. The split depends only on
-    the set of cells, so every job of an array computes the same split.
-    """
-    groups: dict[str, list[Cell]] = {}
-    for cell in sorted(cells):
-        groups.setdefault(cell.group, []).append(cell)
-    units = list(groups.values()) if count <= len(groups) else [[c] for c in sorted(cells)]
-    loads, mine = [0] * count, set()
-    for unit in sorted(units, key=lambda u: (-len(u), u[0].id)):
-        k = loads.index(min(loads))
-        loads[k] += len(unit)
-        if k == index - 1:
-            mine.update(unit)
-    return [c for c in cells if c in mine]
 
 
 def run_configuration(record: dict) -> dict:

@@ -122,7 +122,7 @@ def test_two_workers_get_their_gpu_threads_and_grouped_cells(tmp_path):
     ("tests/test_x.py::test_y", None),
 ])
 def test_loadgroup_scheduling_groups_cells_by_model_and_task(nodeid, group):
-    from harness.plugin import _cell_of
+    from harness.selection import cell_of
 
-    cell = _cell_of(nodeid)
+    cell = cell_of(nodeid)
     assert (cell.group if cell else None) == group
