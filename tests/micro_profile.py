@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 from harness import profiles
@@ -33,3 +34,12 @@ def grid_command(results_dir, cache_dir, *args) -> tuple[list[str], dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     env["PYTHONPATH"] = os.pathsep.join([str(here), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return argv, env
+
+
+def pytest_runtest_call(item):
+    """Fault tests: with MICRO_HOLD_CELL=CELL-ID and MICRO_HOLD_FILE=PATH, the process running that cell writes
+    its pid to PATH and waits there, to be killed or interrupted by the test at a known point."""
+    cell = getattr(getattr(item, "callspec", None), "params", {}).get("cell")
+    if cell is not None and str(cell) == os.environ.get("MICRO_HOLD_CELL"):
+        Path(os.environ["MICRO_HOLD_FILE"]).write_text(str(os.getpid()))
+        time.sleep(600)

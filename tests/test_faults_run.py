@@ -1,0 +1,246 @@
+"""Run faults, each with the real operation: a worker killed with SIGKILL, Ctrl-C, two runs into the same
+folders at once, problems found before training (corrupt baselines, unwritable results folder, missing
+--data-dir, bad --seeds), `-k` from the repository root and spec domains under --strict-markers. Each checks
+the message, the exit code and that nothing finished was lost. Grid runs use the micro profile in subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from recordgen import make_record, write_records
+
+from harness.results import load_records, record_path
+from harness.session import parse_seeds
+from micro_profile import grid_command
+from tests.test_spec import CONTRACTS
+from tests.conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+# three model-task groups of one cell each: under -n 2 the first worker gets the first and the third
+THREE = ("--models", "bert", "--domains", "general")
+FIRST, SECOND, THIRD = "bert-classification-general", "bert-sentiment-general", "bert-similarity-general"
+USAGE_ERROR = 4
+
+
+def _start(tmp: Path, *args, hold: str | None = None) -> subprocess.Popen:
+    """The micro grid in the background (output in tmp/out.txt); with `hold`, the process running that cell
+    writes its pid to tmp/held and waits (tests/micro_profile.py)."""
+    argv, env = grid_command(tmp / "results", tmp / "cache", *args)
+    if hold:
+        env.update(MICRO_HOLD_CELL=hold, MICRO_HOLD_FILE=str(tmp / "held"))
+    out = open(tmp / "out.txt", "w")
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _held_pid(tmp: Path, proc: subprocess.Popen) -> int:
+    deadline = time.monotonic() + 600
+    while not (tmp / "held").exists() or not (tmp / "held").read_text():
+        assert proc.poll() is None, (tmp / "out.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the held cell never started"
+        time.sleep(0.05)
+    return int((tmp / "held").read_text())
+
+
+def _finish(proc: subprocess.Popen, tmp: Path, timeout: float) -> str:
+    """Wait for the run; a run still going after `timeout` seconds is a hang: killed, and the test fails."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"the run hung (killed after {timeout}s): {(tmp / 'out.txt').read_text()[-3000:]}")
+    return (tmp / "out.txt").read_text()
+
+
+def _summary(tmp: Path) -> dict:
+    entries = json.loads((tmp / "results" / "summary.json").read_text())["cells"]
+    return {e["cell"]: e["status"] for e in entries}
+
+
+def _records(tmp: Path) -> dict:
+    records, errors = load_records(tmp / "results")
+    assert errors == []
+    return {r["cell"]: r for r in records}
+
+
+def _error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("ERROR:")]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
+    """SIGKILL the worker running FIRST while it still holds THIRD: the replacement worker must get THIRD and
+    run it (pytest-xdist 3.8.0's loadgroup left it waiting forever), FIRST fails once and is not retried."""
+    proc = _start(tmp_path, *THREE, "-n", "2", hold=FIRST)
+    os.kill(_held_pid(tmp_path, proc), signal.SIGKILL)
+    out = _finish(proc, tmp_path, timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert f"cell {FIRST}: worker gw" in out and "killed by signal 9 (SIGKILL) while running it" in out
+    assert "2 passed" in out and "1 failed" in out, out[-2000:]
+    assert set(_records(tmp_path)) == {SECOND, THIRD}
+    assert _summary(tmp_path) == {FIRST: "missing", SECOND: "ok", THIRD: "ok"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_records_and_lists_unrun_cells_as_missing(tmp_path):
+    """SIGINT while the second cell runs: exit code 2, the first cell's record and a record of an earlier run
+    in the same folder are kept and summarised, the interrupted and the unrun cell are missing."""
+    earlier = make_record("roberta", "classification", "general", profile="micro")
+    write_records(tmp_path / "results", [earlier])
+    before = record_path(tmp_path / "results", earlier["cell"]).read_bytes()
+    proc = _start(tmp_path, *THREE, "-n", "0", hold=SECOND)
+    os.kill(_held_pid(tmp_path, proc), signal.SIGINT)
+    out = _finish(proc, tmp_path, timeout=120)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
+    assert "KeyboardInterrupt" in out
+    assert set(_records(tmp_path)) == {FIRST, earlier["cell"]}
+    assert record_path(tmp_path / "results", earlier["cell"]).read_bytes() == before
+    summary = _summary(tmp_path)
+    assert {c for c, s in summary.items() if s == "ok"} == {FIRST, earlier["cell"]}
+    assert {SECOND, THIRD} <= {c for c, s in summary.items() if s == "missing"}
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_into_the_same_folders(tmp_path):
+    """Two runs of the same cells share results and cache folders: both pass, every record is whole, the shared
+    intermediate model is trained once, no temporary file is left."""
+    cells = ("--models", "bert", "--tasks", "classification", "--domains", "general,medical")
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        argv, env = grid_command(tmp_path / "results", tmp_path / "cache", *cells, "-n", "0")
+        runs.append((subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(tmp_path / name / "out.txt", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True), tmp_path / name))
+    for proc, folder in runs:
+        out = _finish(proc, folder, timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    records = _records(tmp_path)
+    assert set(records) == {"bert-classification-general", "bert-classification-medical"}
+    trained = sum(e["trained_here"] for r in records.values() for e in r["intermediate"])
+    assert trained <= 1  # the second run found the model, or both cells' records, already there
+    assert not [p for p in (tmp_path / "results").rglob(".*") if p.is_file()]
+    assert set(_summary(tmp_path)) == set(records)
+
+
+def _usage_error(tmp: Path, *args, baselines: Path | None = None, seeds: bool = True) -> str:
+    argv, env = grid_command(tmp / "results", tmp / "cache", *THREE, *args)
+    if baselines:
+        argv += ["--baselines", str(baselines)]
+    if not seeds:  # leave --seeds to the ini file
+        at = argv.index("--seeds")
+        del argv[at:at + 2]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == USAGE_ERROR, run.stdout[-2000:] + run.stderr[-2000:]
+    (line,) = _error_lines(run.stderr)
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp / "cache").exists()  # nothing started
+    return line
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_corrupt_baselines_stop_the_run_before_training(tmp_path, workers):
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    (baselines / "micro.json").write_text("{ broken", encoding="utf-8")
+    write_records(tmp_path / "results", [make_record("bert", "classification", "general", profile="micro")])
+    before = record_path(tmp_path / "results", FIRST).read_bytes()
+    line = _usage_error(tmp_path, "-n", workers, baselines=baselines)
+    assert str(baselines / "micro.json") in line and "not valid JSON" in line
+    assert record_path(tmp_path / "results", FIRST).read_bytes() == before
+    assert (baselines / "micro.json").read_text() == "{ broken"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(folder)` makes a folder unwritable: chmod, or for root (whom chmod does not stop) the
+    immutable attribute; the test skips where neither works. Undone at the end."""
+    undo = []
+
+    def make(folder: Path) -> None:
+        folder.chmod(0o555)
+        undo.append(lambda: folder.chmod(0o755))
+        if os.geteuid() == 0:
+            done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"running as root and chattr +i failed ({done.stderr.decode().strip()})")
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+    yield make
+    for step in reversed(undo):
+        step()
+
+
+def test_unwritable_results_folder_stops_the_run_before_training(tmp_path, read_only):
+    results = tmp_path / "results"
+    write_records(results, [make_record("bert", "classification", "general", profile="micro")])
+    before = record_path(results, FIRST).read_bytes()
+    read_only(results)
+    line = _usage_error(tmp_path, "-n", "2")
+    assert line.startswith(f"ERROR: --results-dir {results}: cannot write there (")
+    assert record_path(results, FIRST).read_bytes() == before
+
+
+def test_missing_data_dir_stops_the_run_in_one_line(tmp_path):
+    line = _usage_error(tmp_path, "-n", "2", "--data-dir", str(tmp_path / "nowhere"))
+    assert line.startswith(f"ERROR: --data-dir {tmp_path / 'nowhere'}: no such folder")
+
+
+@pytest.mark.parametrize("value, message", [("0", "at least one seed"), ("", "expected a count"),
+                                            ("2,x", "expected a count")])
+def test_bad_seeds_are_a_usage_error(tmp_path, value, message):
+    line = _usage_error(tmp_path, "--seeds", value)
+    assert f"--seeds {value!r}" in line and message in line
+
+
+def test_bad_seeds_in_the_ini_file_are_a_usage_error(tmp_path):
+    assert "--seeds '0'" in _usage_error(tmp_path, "-o", "seeds=0", seeds=False)
+
+
+@pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), ("1", [0]), ("3,4,5", [3, 4, 5]),
+                                         (" 7 , 2 ", [7, 2]), ("0,1", [0, 1])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "", " ", "x", "1.5", "3,3", "1,-1", "1,", ",2"])
+def test_parse_seeds_rejects(text):
+    with pytest.raises(ValueError, match=r"--seeds .*expected a count"):
+        parse_seeds(text)
+
+
+def _collect(tmp: Path, *args) -> subprocess.CompletedProcess:
+    # `--opt=value`: a bare value outside the repository would take part in pytest's choice of rootdir
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:hypothesispytest",
+                           f"--cache-dir={tmp / 'cache'}", f"--results-dir={tmp / 'results'}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_dash_k_from_the_repository_root_selects_only_grid_cells(tmp_path, tiny_corpora):
+    run = _collect(tmp_path, "-k", "legal", f"--data-dir={tiny_corpora}")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    selected = [line for line in run.stdout.splitlines() if "::" in line]
+    assert sorted(selected) == sorted(f"bench/test_transfer.py::test_transfer[{m}-{t}-legal]"
+                                      for m in ("bert", "roberta", "xlnet")
+                                      for t in ("classification", "sentiment", "similarity"))
+
+
+def test_spec_domains_are_registered_markers(tmp_path, tiny_corpora):
+    """A new domain from --spec: no unknown-mark warning (made an error here), --strict-markers collects,
+    and `-m DOMAIN` selects its cells."""
+    write_jsonl(tmp_path / "contracts" / "train.jsonl", CONTRACTS)
+    write_jsonl(tmp_path / "contracts" / "test.jsonl", CONTRACTS[:4])
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[[dataset]]\nname = "contracts"\ntask = "classification"\ndomain = "finance"\n'
+                    f'path = "{tmp_path / "contracts"}"\n', encoding="utf-8")
+    run = _collect(tmp_path, "--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning", "-m", "finance",
+                   f"--spec={spec}", f"--data-dir={tiny_corpora}")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    selected = [line for line in run.stdout.splitlines() if "::" in line]
+    assert len(selected) == 9 and all(line.endswith("-finance]") for line in selected)  # 3 models x 3 tasks
+    assert "PytestUnknownMarkWarning" not in run.stdout + run.stderr
