@@ -47,6 +47,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """Under xdist the controller collects nothing: it loads a --spec or non-default profile itself, before the
+    workers start, so that a problem in it is one `ERROR:` line (exit code 4) rather than every worker's error."""
+    config = session.config
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        config.stash[_SESSION].check_profile()
+
+
 def pytest_generate_tests(metafunc):
     if "cell" not in metafunc.fixturenames:
         return

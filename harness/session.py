@@ -170,8 +170,9 @@ class Session:
                     check_names(kind[:-1], self.filters[kind], valid)
         data_dir = self.paths["data_dir"]
         if data_dir and not Path(data_dir).is_dir():
-            raise ValueError(f"--data-dir {data_dir}: no such folder (the {self.profile_name} profile reads its "
-                             f"data sets from it{'; tiny generates them when --data-dir is not given' if self.profile_name == 'tiny' else ''})")
+            hint = "; without --data-dir, tiny generates its corpora" if self.profile_name == "tiny" else ""
+            raise ValueError(f"--data-dir {data_dir}: no such folder (the {self.profile_name} profile reads its data "
+                             f"sets from it{hint})")
         why = _writable(self.paths["results_dir"])
         if why:
             raise ValueError(f"--results-dir {self.paths['results_dir']}: cannot write there ({why})")
@@ -179,6 +180,12 @@ class Session:
             self.baselines()
         except BaselineError as err:
             raise ValueError(str(err)) from None
+
+    def check_profile(self) -> None:
+        """Load the profile now when a --spec file or a profile other than the default one may be unusable
+        (the default `tiny` without --spec cannot be, and loading it generates its corpora)."""
+        if self.paths["spec"] or self.profile_name != "tiny" or self.paths["data_dir"]:
+            self.profile  # noqa: B018 (loading is the check)
 
     def baselines(self) -> dict:
         """The profile's baseline entries by cell id, read once per process; BaselineError when unusable."""

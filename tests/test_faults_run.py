@@ -129,6 +129,7 @@ def test_two_runs_at_once_into_the_same_folders(tmp_path):
 
 
 def _usage_error(tmp: Path, *args, baselines: Path | None = None, seeds: bool = True) -> str:
+    """Run the grid expecting a usage error before anything trains; return the one `ERROR:` line."""
     argv, env = grid_command(tmp / "results", tmp / "cache", *THREE, *args)
     if baselines:
         argv += ["--baselines", str(baselines)]
@@ -139,7 +140,7 @@ def _usage_error(tmp: Path, *args, baselines: Path | None = None, seeds: bool = 
     assert run.returncode == USAGE_ERROR, run.stdout[-2000:] + run.stderr[-2000:]
     (line,) = _error_lines(run.stderr)
     assert "Traceback" not in run.stdout + run.stderr
-    assert not (tmp / "cache").exists()  # nothing started
+    assert not (tmp / "cache" / "intermediate").exists()  # nothing trained
     return line
 
 
@@ -188,6 +189,14 @@ def test_unwritable_results_folder_stops_the_run_before_training(tmp_path, read_
 def test_missing_data_dir_stops_the_run_in_one_line(tmp_path):
     line = _usage_error(tmp_path, "-n", "2", "--data-dir", str(tmp_path / "nowhere"))
     assert line.startswith(f"ERROR: --data-dir {tmp_path / 'nowhere'}: no such folder")
+
+
+def test_bad_spec_under_xdist_is_one_line(tmp_path):
+    """The controller loads the spec before any worker starts (the workers' errors were an INTERNALERROR)."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text("[[dataset]]\n", encoding="utf-8")
+    line = _usage_error(tmp_path, "-n", "2", "--spec", str(spec))
+    assert line.startswith(f"ERROR: {spec}: [[dataset]] 1 key 'name': missing")
 
 
 @pytest.mark.parametrize("value, message", [("0", "at least one seed"), ("", "expected a count"),
