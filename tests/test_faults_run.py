@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from recordgen import make_record, write_records
@@ -85,6 +86,45 @@ def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
     assert "2 passed" in out and "1 failed" in out, out[-2000:]
     assert set(_records(tmp_path)) == {SECOND, THIRD}
     assert _summary(tmp_path) == {FIRST: "missing", SECOND: "ok", THIRD: "ok"}
+
+
+class FakeNode:
+    """What the scheduler sees of an xdist worker: the items it is sent, and whether it was told to stop."""
+
+    def __init__(self, name: str):
+        self.sent, self.shutting_down = [], False
+        self.gateway = SimpleNamespace(id=name)
+
+    def send_runtest_some(self, indices):
+        self.sent += indices
+
+    def shutdown(self):
+        self.shutting_down = True
+
+
+def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
+    """The scheduling of the test above without processes: the replacement must be sent the remaining cell and
+    told to shut down (a worker runs its last item only then), and the crashed cell is not sent again."""
+    from harness.selection import CellGroupScheduling
+
+    ids = [f"bench/test_transfer.py::test_transfer[{c}]" for c in (FIRST, SECOND, THIRD)]
+    config = SimpleNamespace(getvalue=lambda name: ["popen", "popen"], option=SimpleNamespace(loadscopereorder=True))
+    sched = CellGroupScheduling(config)
+    first, second = FakeNode("gw0"), FakeNode("gw1")
+    for node in (first, second):
+        sched.add_node(node)
+        sched.add_node_collection(node, ids)
+    sched.schedule()
+    assert (first.sent, second.sent, second.shutting_down) == ([0, 2], [1], True)
+    assert sched.remove_node(first) == ids[0]  # crashed in FIRST, with THIRD still to run
+    replacement = FakeNode("gw2")
+    sched.add_node(replacement)
+    sched.add_node_collection(replacement, ids)
+    sched.schedule()
+    assert replacement.sent == [2] and replacement.shutting_down
+    sched.mark_test_complete(second, 1)
+    sched.mark_test_complete(replacement, 2)
+    assert sched.tests_finished and not sched.has_pending
 
 
 @pytest.mark.slow
