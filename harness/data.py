@@ -201,9 +201,23 @@ def label_set(train: Split, task: str) -> list | None:
     return None if task == "similarity" else sorted(set(train.labels))
 
 
+CHARS_PER_TOKEN = 64
+
+
+def _head(texts: list, max_length: int) -> list:
+    """Each text cut to `max_length * CHARS_PER_TOKEN` characters before tokenising.
+
+    The models read only `max_length` tokens, but a fast tokenizer tokenises the whole text before truncating
+    and keeps offsets and alignments per character: about 130 bytes of memory per character of a long line.
+    A token of these tokenizers spans far fewer than 64 characters, so the kept tokens are the same with and
+    without the cut (only a text that is mostly whitespace or characters the tokenizer drops could differ)."""
+    limit = max_length * CHARS_PER_TOKEN
+    return [t if len(t) <= limit else t[:limit] for t in texts]
+
+
 def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Encoded:
     """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py."""
-    args = (split.texts, split.texts_b) if split.texts_b is not None else (split.texts,)
+    args = [_head(split.texts, max_length)] + ([_head(split.texts_b, max_length)] if split.texts_b is not None else [])
     enc = tokenizer(*args, truncation=True, max_length=max_length, return_token_type_ids=True,
                     return_attention_mask=False)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]

@@ -273,13 +273,13 @@ class CellRunner:
         """Run a cell (or reuse its finished record) and return the record; bad input fails in one line."""
         from harness.data import DataError
         from harness.models import ModelError
-        from harness.results import RecordError, record_path
+        from harness.record import OutputError, RecordError, record_path
         from harness.runner import run_cell
 
         ctx = self.bench.context
         try:
             record = run_cell(ctx, cell)
-        except (DataError, ModelError, RecordError) as err:
+        except (DataError, ModelError, RecordError, OutputError) as err:
             pytest.fail(str(err), pytrace=False)
         self.node.user_properties.append((RECORD_KEY, str(record_path(ctx.results_dir, cell.id))))
         if "PYTEST_XDIST_WORKER" in os.environ or not self.bench.config.getoption("verbose") < 0:
@@ -344,8 +344,8 @@ def pytest_sessionfinish(session):
         _update_baselines(session)
     if not _finished or hasattr(config, "workerinput"):
         return
-    from harness.report import usable, write_summary
-    from harness.results import RecordError, read_record
+    from harness.record import RecordError, read_record
+    from harness.report import write_summary
 
     results_dir = Path(config.stash[_BENCH].paths["results_dir"])
     records, errors = [], []
@@ -354,8 +354,6 @@ def pytest_sessionfinish(session):
             records.append(read_record(Path(path)))
         except RecordError as err:
             errors.append(str(err))
-    records, more = usable(records, results_dir)
-    errors += more
     written = []
     if records:
         try:
@@ -368,7 +366,7 @@ def pytest_sessionfinish(session):
 def _update_baselines(session) -> None:
     """Write the records of the cells that passed into the baseline file, once, at the end of the run."""
     from harness.baselines import BaselineError, update
-    from harness.results import RecordError, read_record
+    from harness.record import RecordError, read_record
 
     bench = session.config.stash[_BENCH]
     try:

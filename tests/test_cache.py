@@ -165,7 +165,7 @@ def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profi
 
 
 def _record(tmp_path: Path, key: str = "k1") -> Path:
-    from harness.results import SCHEMA_VERSION, record_path, write_record
+    from harness.record import SCHEMA_VERSION, record_path, write_record
 
     record = {"schema": SCHEMA_VERSION, "cell": "bert-sentiment-legal", "profile": "tiny", "model": "m",
               "task": "sentiment", "domain": "legal", "seeds": [0], "metrics": {}, "gain": {},

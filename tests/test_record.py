@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from harness import results
-from harness.results import RecordError, atomic_write_text, read_record, write_record
+from harness import record as results
+from harness.record import RecordError, atomic_write_text, read_record, write_record
 
 
 def _record(**changes) -> dict:
