@@ -29,11 +29,9 @@ def add_report(sub) -> None:
 
 def report(args) -> int:
     from harness import report as R
-    from harness.results import cells_dir, load_records
+    from harness.record import OutputError, cells_dir, load_records
 
     records, errors = load_records(args.results_dir)
-    records, more = R.usable(records, args.results_dir)
-    errors += more
     for line in errors:
         log.error("%s", line)
     if not records:
@@ -41,10 +39,15 @@ def report(args) -> int:
             log.error("%s: no cell records (run `pytest bench --results-dir %s` first)", cells_dir(args.results_dir),
                       args.results_dir)
         return BAD_INPUT
-    summary = R.summarise(records, errors, expected=[p.stem for p in cells_dir(args.results_dir).glob("*.json")])
+    summary = R.build(args.results_dir, records, errors,
+                      expected=[p.stem for p in cells_dir(args.results_dir).glob("*.json")])
     sys.stdout.write(R.render(summary, args.format))
     if args.plot:
-        log.info("wrote %s", R.plot(summary, args.plot))
+        try:
+            log.info("wrote %s", R.plot(summary, args.plot))
+        except OutputError as err:
+            log.error("%s", err)
+            return BAD_INPUT
     return 0
 
 
@@ -87,11 +90,12 @@ def add_merge(sub) -> None:
 
 
 def merge(args) -> int:
+    from harness.record import OutputError
     from harness.shard import MergeError, merge as merge_dirs
 
     try:
         records = merge_dirs(args.out, args.dirs)
-    except MergeError as err:
+    except (MergeError, OutputError) as err:
         log.error("%s", err)
         return BAD_INPUT
     log.info("merged %d cells into %s", len(records), args.out)

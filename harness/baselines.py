@@ -23,12 +23,12 @@ import numpy as np
 from filelock import FileLock
 from tabulate import tabulate
 
-from harness.results import SCHEMA_VERSION, atomic_write_text
+from harness.grid import ARMS
+from harness.record import SCHEMA_VERSION, atomic_write_text, gain_text
 
 FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "gain", "env")
 FLOOR = 0.02
 STANDARD_ERRORS = 3.0
-ARMS = ("direct", "intermediate")
 
 
 class BaselineError(Exception):
@@ -98,10 +98,6 @@ def tolerance(per_seed: list[float]) -> float:
     return max(FLOOR, STANDARD_ERRORS * math.sqrt(2) * spread / math.sqrt(len(per_seed)))
 
 
-def _gain_text(g: dict) -> str:
-    return f"{g['verdict']} {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
-
-
 def changes(record: dict, base: dict) -> list[list]:
     """One row per failed comparison: language, what, baseline, now, allowed."""
     rows, main = [], base["main_metric"]
@@ -111,7 +107,7 @@ def changes(record: dict, base: dict) -> list[list]:
             continue
         old, new = base["gain"][lang], record["gain"][lang]
         if old["verdict"] != new["verdict"]:
-            rows.append([lang, "gain verdict", _gain_text(old), _gain_text(new), "same verdict"])
+            rows.append([lang, "gain verdict", gain_text(old), gain_text(new), "same verdict"])
         for arm in ARMS:
             was, now = base["metrics"][arm][lang][main], record["metrics"][arm][lang][main]
             allowed = tolerance(base["metrics_per_seed"][arm][lang][main])

@@ -13,15 +13,16 @@ import inspect
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
-import zipfile
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
+
+from harness.record import OutputError, RecordError, load_predictions, read_record
 
 log = logging.getLogger(__name__)
 MANIFEST = ".complete"  # written last, inside the temp dir: {relative path: [size, sha256]}
@@ -105,11 +106,14 @@ def atomic_dir(target: Path, build) -> Path:
             shutil.rmtree(target)
         for stale in target.parent.glob(f".{target.name}-*"):  # temp dirs of killed builders (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        tmp = target.with_name(f".{target.name}-{secrets.token_hex(6)}")
         try:
+            tmp.mkdir(0o777)  # the umask applies (mkdtemp's 0700 would shut other users out of a shared cache)
             build(tmp)
             (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1, sort_keys=True))
             os.replace(tmp, target)
+        except OSError as err:
+            raise OutputError(f"{target}: not written ({err.strerror or err})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -145,8 +149,13 @@ def _load_dataclass(cls, path: Path):
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """The identity of a fast tokenizer: its full serialised pipeline and padding side."""
-    return fingerprint(tokenizer.backend_tokenizer.to_str(), tokenizer.padding_side)
+    """The identity of a fast tokenizer: its serialised pipeline and padding side.
+
+    Without the `truncation` and `padding` settings of the serialisation: every `tokenizer(..., max_length=...)`
+    call changes them, so they say what ran before in this process, not what the tokenizer is."""
+    pipeline = json.loads(tokenizer.backend_tokenizer.to_str())
+    return fingerprint({k: v for k, v in pipeline.items() if k not in ("truncation", "padding")},
+                       tokenizer.padding_side)
 
 
 def cached_encoding(cache_dir: Path, tokenizer, split, max_length: int, labels):
@@ -169,8 +178,6 @@ def finished_record(path: Path, config_key: str) -> dict | None:
 
     A truncated or corrupt record, or one whose predictions file is missing or unreadable, is not reused.
     """
-    from harness.results import RecordError, read_record
-
     if not Path(path).exists():
         return None
     try:
@@ -181,11 +188,11 @@ def finished_record(path: Path, config_key: str) -> dict | None:
     if record.get("config_key") != config_key:
         log.info("%s: configuration changed, training the cell again", path)
         return None
-    predictions = Path(path).parent.parent / "predictions" / f"{record['cell']}.npz"
+    results_dir = Path(path).parent.parent
     try:
-        with np.load(predictions) as z:
-            z.files  # noqa: B018 - opening the archive checks its central directory
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        log.warning("%s: predictions unreadable (%s); training the cell again", predictions, err)
+        if load_predictions(results_dir, record["cell"]) is None:
+            raise RecordError(f"{results_dir}: predictions of {record['cell']} missing")
+    except RecordError as err:
+        log.warning("%s; training the cell again", err)
         return None
     return record

@@ -16,25 +16,13 @@ from statistics import NormalDist
 from tabulate import tabulate
 
 from harness import baselines
-from harness.results import cells_dir, load_records
+from harness.record import cells_dir, gain_text, gains_problem, load_records
 
 Z = NormalDist().inv_cdf(0.975)
-GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
 
 
 class SourceError(Exception):
     """A results directory or baseline file that cannot be read at all; str() names it."""
-
-
-def _check_gains(entry: dict, where: str) -> str | None:
-    gains = entry.get("gain")
-    if not isinstance(gains, dict):
-        return f"{where}: field 'gain' missing"
-    for lang, g in gains.items():
-        missing = [f for f in GAIN_FIELDS if not isinstance(g, dict) or f not in g]
-        if missing:
-            return f"{where}: field 'gain.{lang}.{missing[0]}' missing"
-    return None
 
 
 def _baseline(path: Path) -> tuple[dict, list[str]]:
@@ -44,10 +32,9 @@ def _baseline(path: Path) -> tuple[dict, list[str]]:
         raise SourceError(str(err)) from None
     cells, errors = {}, []
     for cell_id, entry in sorted(data["cells"].items()):
-        problem = _check_gains(entry, f"{path}: cell '{cell_id}'") if isinstance(entry, dict) else \
-            f"{path}: cell '{cell_id}' is not an object"
+        problem = gains_problem(entry)
         if problem:
-            errors.append(problem)
+            errors.append(f"{path}: cell '{cell_id}' {problem}")
         else:
             cells[cell_id] = {**entry, "cell": cell_id}
     return cells, errors
@@ -63,13 +50,7 @@ def load_source(path) -> tuple[dict, list[str]]:
         cells, errors = _baseline(path)
     elif path.is_dir():
         records, errors = load_records(path)
-        cells = {}
-        for r in records:
-            problem = _check_gains(r, str(cells_dir(path) / f"{r['cell']}.json"))
-            if problem:
-                errors.append(problem)
-            else:
-                cells[r["cell"]] = r
+        cells = {r["cell"]: r for r in records}
     else:
         raise SourceError(f"{path}: no such results directory or baseline file")
     if not cells and not errors:
@@ -100,14 +81,8 @@ def compare(old: dict, new: dict) -> list[dict]:
     return rows
 
 
-def _gain_text(g: dict | None) -> str:
-    if g is None:
-        return "missing"
-    return f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] {g['verdict']}"
-
-
 def table(rows: list[dict]) -> str:
-    lines = [[r["cell"], r["language"], _gain_text(r["old"]), _gain_text(r["new"]),
+    lines = [[r["cell"], r["language"], gain_text(r["old"]), gain_text(r["new"]),
               f"{r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["status"] == "both" else "-",
               ("yes" if r["significant"] else "no") if r["status"] == "both" else "-",
               ("CHANGED" if r["verdict_changed"] else "same") if r["status"] == "both" else r["status"]]

@@ -89,8 +89,47 @@ def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
         raise DataError(_locate_parse_error(file, spec, exc)) from None
 
 
+def _not_utf8(file: str, spec: DatasetSpec) -> str | None:
+    """The first byte that is not UTF-8, as `FILE: row N field 'F': ...`, or None when the file is UTF-8."""
+    delimiter = "\t" if spec.format == "tsv" else ","
+    header = None
+    with open(file, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                text = line.decode("utf-8", errors="surrogateescape")
+                field = _field_with_bad_bytes(text, header, delimiter, spec.format)
+                row = line_no if spec.format == "jsonl" else line_no - 1
+                return (f"{file}: row {row} field '{field}': not UTF-8 (byte 0x{line[err.start]:02x} at column "
+                        f"{err.start + 1}) in data set {spec.name!r}; save the file as UTF-8")
+            if header is None and spec.format != "jsonl":
+                header = next(csv.reader([text], delimiter=delimiter), [])
+    return None
+
+
+def _field_with_bad_bytes(text: str, header: list | None, delimiter: str, fmt: str) -> str:
+    """The key (JSONL) or column (CSV/TSV) whose value holds the undecodable bytes (as surrogates), or '?'."""
+    def bad(value) -> bool:
+        return isinstance(value, str) and any("\udc80" <= c <= "\udcff" for c in value)
+    try:
+        if fmt == "jsonl":
+            obj = json.loads(text)
+            keys = [k for k, v in obj.items() if bad(v) or bad(k)] if isinstance(obj, dict) else []
+        else:
+            values = next(csv.reader([text], delimiter=delimiter), [])
+            keys = [(header or [])[i] if i < len(header or []) else f"column {i + 1}"
+                    for i, v in enumerate(values) if bad(v)]
+    except ValueError:
+        keys = []
+    return keys[0] if keys else "?"
+
+
 def _locate_parse_error(file: str, spec: DatasetSpec, exc: Exception) -> str:
     """Re-read a file the reader rejected with the standard library to name the first bad row."""
+    encoding = _not_utf8(file, spec)
+    if encoding:
+        return encoding
     with open(file, encoding="utf-8", errors="replace", newline="") as f:
         if spec.format == "jsonl":
             rows = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
@@ -131,13 +170,18 @@ def load_split(spec: DatasetSpec, root: Path, split: str, labels: list | None = 
         raise DataError(f"{file}: row 1 field '{missing[0]}': column missing (columns: {', '.join(ds.column_names)})")
     if len(ds) == 0:
         raise DataError(f"{file}: row 1 field '{spec.label}': the split is empty")
-    texts = list(ds[spec.text])
-    texts_b = list(ds[spec.text_b]) if spec.text_b else None
+    try:  # the JSON reader passes bytes that are not UTF-8 through; they fail here, when decoded
+        texts = list(ds[spec.text])
+        texts_b = list(ds[spec.text_b]) if spec.text_b else None
+        raw_labels = list(ds[spec.label])
+    except UnicodeDecodeError as err:
+        where = _not_utf8(file, spec) if Path(file).is_file() else None
+        raise DataError(where or f"{file}: data set {spec.name!r} is not UTF-8 ({err})") from None
     for name, column in [(spec.text, texts)] + ([(spec.text_b, texts_b)] if texts_b is not None else []):
         for row, value in enumerate(column, 1):
             if not isinstance(value, str) or not value.strip():
                 raise DataError(f"{_where(file, spec, row, name)}: expected non-empty text, got {value!r}")
-    split_labels = _check_labels(spec, file, list(ds[spec.label]), labels)
+    split_labels = _check_labels(spec, file, raw_labels, labels)
     keep = np.arange(len(texts))
     if carve:
         order = np.random.default_rng(0).permutation(len(texts))
@@ -201,9 +245,23 @@ def label_set(train: Split, task: str) -> list | None:
     return None if task == "similarity" else sorted(set(train.labels))
 
 
+CHARS_PER_TOKEN = 64
+
+
+def _head(texts: list, max_length: int) -> list:
+    """Each text cut to `max_length * CHARS_PER_TOKEN` characters before tokenising.
+
+    The models read only `max_length` tokens, but a fast tokenizer tokenises the whole text before truncating
+    and keeps offsets and alignments per character: about 130 bytes of memory per character of a long line.
+    A token of these tokenizers spans far fewer than 64 characters, so the kept tokens are the same with and
+    without the cut (only a text that is mostly whitespace or characters the tokenizer drops could differ)."""
+    limit = max_length * CHARS_PER_TOKEN
+    return [t if len(t) <= limit else t[:limit] for t in texts]
+
+
 def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Encoded:
     """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py."""
-    args = (split.texts, split.texts_b) if split.texts_b is not None else (split.texts,)
+    args = [_head(split.texts, max_length)] + ([_head(split.texts_b, max_length)] if split.texts_b is not None else [])
     enc = tokenizer(*args, truncation=True, max_length=max_length, return_token_type_ids=True,
                     return_attention_mask=False)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]

@@ -5,7 +5,8 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   own (target) language and main metric; the best model per column (highest score of either arm) marked;
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
-  from the record's `robustness` when it has one, else the difference of the two gains without an interval;
+  that harness.analysis computes from the two cells' saved predictions, else (no predictions, another
+  configuration) the difference of the two gains without an interval, and a note why;
 - cost: seconds and examples/s per phase per cell, and the total.
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
@@ -14,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from tabulate import tabulate
 
+from harness import analysis
 from harness.grid import ARMS, DOMAINS, MODELS, TASKS, parse_cell_id
-from harness.results import atomic_write_text
+from harness.record import GAIN_FIELDS, atomic_write, atomic_write_text
 
 FORMATS = ("markdown", "latex", "csv", "json")
 SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}
@@ -29,43 +29,10 @@ PLOT_NAME = "transfer.png"
 MISSING = "missing"
 GENERAL = "general"
 PHASES = ("load", "intermediate", "train", "eval")
-GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
 BEST_NOTE = "best model per column (highest score of either arm)"
 
 
 # ---------------------------------------------------------------- summary (the one source of every format)
-
-def check_record(record: dict) -> str | None:
-    """The first field the report needs that a (schema-valid) record lacks, as 'field X missing', or None."""
-    try:
-        main = record["main_metric"]
-        for lang in [record["language"], *record["languages"]]:
-            for arm in ARMS:
-                float(record["metrics"][arm][lang][main])
-            gain = record["gain"][lang]
-            for name, interval in (("gain", gain), ("robustness", (record.get("robustness") or {}).get(lang))):
-                missing = [f for f in GAIN_FIELDS if interval is not None and f not in interval]
-                if missing:
-                    return f"field '{name}.{lang}.{missing[0]}' missing"
-    except KeyError as err:
-        return f"field {err.args[0]!r} missing (needed by the report)"
-    except (TypeError, ValueError) as err:
-        return f"a metric is not a number ({err})"
-    return None
-
-
-def usable(records: list[dict], results_dir: Path | None = None) -> tuple[list[dict], list[str]]:
-    """Records the report can use, and one error line per record it cannot (naming the record's file)."""
-    ok, errors = [], []
-    for r in records:
-        problem = check_record(r)
-        if problem is None:
-            ok.append(r)
-        else:
-            where = Path(results_dir or ".") / "cells" / f"{r.get('cell', '?')}.json"
-            errors.append(f"{where}: {problem}")
-    return ok, errors
-
 
 def _ordered(values, preferred) -> list:
     """Known names in their canonical order, then any others (spec domains) alphabetically."""
@@ -131,7 +98,7 @@ def _mark_best(entries: list[dict], by_id: dict) -> None:
                 e["best"] = _score(by_id[e["cell"]]) >= top - 1e-12
 
 
-def _robustness(grid: dict, by_id: dict) -> list[dict]:
+def _robustness(grid: dict, by_id: dict, intervals: dict) -> list[dict]:
     """gain(domain) - gain(general) per model, task, shifted domain and language."""
     rows = []
     for model in grid["models"]:
@@ -143,17 +110,17 @@ def _robustness(grid: dict, by_id: dict) -> list[dict]:
             langs = (shifted or general or {}).get("languages") or grid["languages"]
             for lang in langs:
                 rows.append({"model": model, "task": task, "domain": domain, "language": lang,
-                             **_shift(shifted, general, lang)})
+                             **_shift(shifted, general, lang, intervals)})
     return rows
 
 
-def _shift(shifted: dict | None, general: dict | None, lang: str) -> dict:
+def _shift(shifted: dict | None, general: dict | None, lang: str, intervals: dict) -> dict:
     empty = dict.fromkeys(GAIN_FIELDS)
     if shifted is None or general is None or lang not in shifted["gain"] or lang not in general["gain"]:
         return {**empty, "source": MISSING}
-    recorded = (shifted.get("robustness") or {}).get(lang)
-    if recorded:
-        return {**{f: recorded[f] for f in GAIN_FIELDS}, "source": "record"}
+    analysed = intervals.get(shifted["cell"], {}).get(lang)
+    if analysed:
+        return {**{f: analysed[f] for f in GAIN_FIELDS}, "source": "predictions"}
     return {**empty, "mean": shifted["gain"][lang]["mean"] - general["gain"][lang]["mean"], "source": "computed"}
 
 
@@ -168,10 +135,13 @@ def _cost_total(entries: list[dict]) -> dict:
     return total
 
 
-def summarise(records: list[dict], errors: list[str] = (), expected=()) -> dict:
+def summarise(records: list[dict], errors: list[str] = (), expected=(), robustness: dict | None = None,
+              notes: list[str] = ()) -> dict:
     """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
 
-    `expected`: cell ids that belong to the grid even without a usable record (shown as missing)."""
+    `expected`: cell ids that belong to the grid even without a usable record (shown as missing).
+    `robustness`, `notes`: harness.analysis.robustness of the records (see `build`); without them every
+    robustness entry is the difference of two gains."""
     by_id = {r["cell"]: r for r in records}
     grid = layout(records, expected)
     metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.metrics: scipy costs a second
@@ -181,7 +151,14 @@ def summarise(records: list[dict], errors: list[str] = (), expected=()) -> dict:
     return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
-            "robustness": _robustness(grid, by_id), "cost_total": _cost_total(entries), "errors": list(errors)}
+            "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
+            "cost_total": _cost_total(entries), "errors": list(errors)}
+
+
+def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> dict:
+    """The summary of `records`, with robustness intervals analysed from the predictions under `results_dir`."""
+    intervals, notes = analysis.robustness(results_dir, records)
+    return summarise(records, errors, expected, intervals, notes)
 
 
 # ---------------------------------------------------------------- cell text shared by the text formats
@@ -282,8 +259,8 @@ def robustness_note(summary: dict) -> str:
     sources = {r["source"] for r in summary["robustness"]}
     note = "gain(domain) - gain(general) in the main metric, same model, task and language"
     if "computed" in sources:
-        note += ("; entries marked 'no interval' are computed from the two cells' gains because their records "
-                 "carry no `robustness` field, so they have no interval and no verdict")
+        note += ("; entries marked 'no interval' are the difference of the two cells' gains, without interval "
+                 "or verdict, because the pair's predictions could not be analysed")
     return note + "."
 
 
@@ -315,6 +292,8 @@ def to_markdown(summary: dict) -> str:
              f"{MAIN_NOTE} in bold.", "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
     for title, rows_of, note_of in SECTIONS:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
+        if rows_of is robustness_rows and summary["robustness_notes"]:
+            parts += [f"- {n}" for n in summary["robustness_notes"]] + [""]
     parts += _errors_md(summary)
     return "\n".join(parts).rstrip() + "\n"
 
@@ -372,6 +351,7 @@ def to_latex(summary: dict) -> str:
         parts.append(_tex_table(caption, "l" * len(headers),
                                 [" & ".join(tex_escape(h) for h in headers) + r" \\"],
                                 [[tex_escape(x) for x in r] for r in rows]))
+    parts += [f"% robustness: {tex_escape(n)}" for n in summary["robustness_notes"]]
     parts += [f"% record not used: {tex_escape(e)}" for e in summary["errors"]]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -404,7 +384,7 @@ def tidy_rows(summary: dict) -> list[dict]:
     for r in summary["robustness"]:
         e = by[(r["model"], r["task"], r["domain"])]
         rows.append({**{k: e[k] for k in ("cell", "model", "task", "domain")},
-                     "status": "ok" if r["source"] == "record" else r["source"], "arm": "robustness",
+                     "status": "ok" if r["source"] == "predictions" else r["source"], "arm": "robustness",
                      "language": r["language"], "metric": e["main_metric"], "value": r["mean"],
                      "ci_low": r["ci_low"], "ci_high": r["ci_high"], "verdict": r["verdict"]})
     return rows
@@ -525,26 +505,15 @@ def figure(summary: dict):
 
 
 def plot(summary: dict, path: Path) -> Path:
-    """Write the heatmap as PNG atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure(summary).savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """Write the heatmap as PNG, atomically."""
+    return atomic_write(path, lambda f: figure(summary).savefig(f, format="png"))
 
 
 def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> list[Path]:
     """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
-    summary = summarise(records, errors, expected)
+    summary = build(results_dir, records, errors, expected)
     paths = []
     for fmt in FORMATS:
-        path = Path(results_dir) / f"summary.{SUFFIX[fmt]}"
-        atomic_write_text(path, render(summary, fmt))
-        paths.append(path)
+        paths.append(atomic_write_text(Path(results_dir) / f"summary.{SUFFIX[fmt]}", render(summary, fmt)))
     paths.append(plot(summary, Path(results_dir) / PLOT_NAME))
     return paths

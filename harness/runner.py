@@ -5,6 +5,7 @@ directory, the record and the per-example predictions under the results director
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from harness.cache import atomic_dir, cached_encoding, file_digest, finished_rec
 from harness.devices import device_info, precision
 from harness.models import body_state, build_model, load_tokenizer
 from harness.profiles import DatasetSpec, Profile
-from harness.results import SCHEMA_VERSION, env_info, record_path, write_record
+from harness.record import SCHEMA_VERSION, env_info, record_path, save_predictions, write_record
 from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,7 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
     spec = p.models[cell.model]
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     tok = tokenizer_for(ctx, cell.model)
-    import transformers
-    key = fingerprint("intermediate", spec.describe, inter.digest, p.intermediate_train, seed, tokenizer_digest(tok),
-                      precision(ctx.device), torch.__version__, transformers.__version__)
+    key = intermediate_key(ctx, cell, seed)
     folder = ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{seed}-{key}"
     trained = {}
 
@@ -110,13 +109,23 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
                      tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
                      compile=ctx.compile)
         save_file(body_state(model), str(tmp / "body.safetensors"))
-        (tmp / "meta.json").write_text(__import__("json").dumps({"key": key, **info}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({"key": key, **info}, indent=1))
         trained.update(info)
 
     atomic_dir(folder, build)
     meta = {"key": key, "trained_here": bool(trained), "seconds": trained.get("seconds", 0.0),
             "examples_per_s": trained.get("examples_per_s"), "examples": len(inter.train)}
     return load_file(str(folder / "body.safetensors")), meta
+
+
+def intermediate_key(ctx: RunContext, cell: Cell, seed: int) -> str:
+    """The cache key of a (model, task, seed) intermediate model: a function of the configuration only."""
+    import transformers
+    p = ctx.profile
+    inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
+    return fingerprint("intermediate", p.models[cell.model].describe, inter.digest, p.intermediate_train, seed,
+                       tokenizer_digest(tokenizer_for(ctx, cell.model)), precision(ctx.device), torch.__version__,
+                       transformers.__version__)
 
 
 def run_cell(ctx: RunContext, cell: Cell) -> dict:
@@ -209,38 +218,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
         "config_key": config_key(ctx, cell, target.digest),
         "env": {**env_info(ctx.device), **device_info(ctx.device)},
     }
-    if cell.domain != "general":
-        robustness, note = _robustness(ctx, cell, record, test_enc, preds)
-        record.update({"robustness": robustness} if robustness else {"notes": [note]})
     return record
-
-
-def _robustness(ctx, cell: Cell, record: dict, test_enc, preds) -> tuple[dict | None, str | None]:
-    """gain(this domain) - gain(general) per language, from the general cell's record and predictions in the
-    same results directory (the grid runs a model-task's general cell first). (None, why) when there are none
-    or they come from another configuration (seeds, intermediate models, hyper-parameters)."""
-    from harness.results import RecordError, read_record
-
-    general_id = Cell(cell.model, cell.task, "general").id
-    path = record_path(ctx.results_dir, general_id)
-    try:
-        general = read_record(path) if path.exists() else None
-    except RecordError as err:
-        return None, f"robustness omitted: {err}"
-    saved = load_predictions(ctx.results_dir, general_id)
-    if general is None or saved is None:
-        return None, f"robustness omitted: no record and predictions of {general_id} in {ctx.results_dir}"
-    same = ("seeds", "intermediate_key", "hyperparameters")
-    if [general.get(k) for k in same] != [record[k] for k in same] or \
-            [m["key"] for m in general.get("intermediate", [])] != [m["key"] for m in record["intermediate"]]:
-        return None, f"robustness omitted: {path} differs in seeds, intermediate models or hyper-parameters"
-    out = {}
-    for lang in test_enc:
-        if f"y_true/{lang}" in saved:
-            base = stats.arms(saved[f"y_true/{lang}"], saved[f"direct/{lang}"], saved[f"intermediate/{lang}"])
-            here = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
-            out[lang] = stats.robustness(base, here, record["main_metric"], stats.stream_seed(cell.id, lang, "robustness"))
-    return (out, None) if out else (None, f"robustness omitted: no test language in common with {general_id}")
 
 
 def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:
@@ -253,28 +231,9 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:
 
 
 def _save_predictions(ctx, cell, test_enc, preds) -> None:
-    """Per-example predictions (for bootstrap comparisons across cells and runs), written atomically."""
-    import io
-    import os
-    import tempfile
-
+    """Per-example predictions: what the gains were computed from, and what robustness is computed from."""
     arrays = {f"y_true/{lang}": enc.targets for lang, enc in test_enc.items()}
     for arm, by_lang in preds.items():
         for lang, runs in by_lang.items():
             arrays[f"{arm}/{lang}"] = np.stack(runs)
-    path = Path(ctx.results_dir) / "predictions" / f"{cell.id}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-
-
-def load_predictions(results_dir: Path, cell_id: str) -> dict | None:
-    path = Path(results_dir) / "predictions" / f"{cell_id}.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    save_predictions(ctx.results_dir, cell.id, arrays)

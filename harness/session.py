@@ -277,13 +277,11 @@ class Session:
             self._update_baselines()
         if not self.finished and not self.collected:
             return
-        from harness.report import usable, write_summary
-        from harness.results import cells_dir, load_records
+        from harness.record import cells_dir, load_records
+        from harness.report import write_summary
 
         results_dir = Path(self.paths["results_dir"])
         records, errors = load_records(results_dir)
-        records, more = usable(records, results_dir)
-        errors += more
         expected = {Path(p).stem for p in self.finished} | self._expected_cells()
         expected |= {p.stem for p in cells_dir(results_dir).glob("*.json")}
         written = []
@@ -306,7 +304,7 @@ class Session:
     def _update_baselines(self) -> None:
         """Write the records of the cells that passed into the baseline file, once, at the end of the run."""
         from harness.baselines import BaselineError, update
-        from harness.results import RecordError, read_record
+        from harness.record import RecordError, read_record
 
         try:
             update(self.baseline_file, self.profile_name, [read_record(Path(p)) for p in self.passed])
@@ -351,13 +349,13 @@ class CellRunner:
         """Run a cell (or reuse its finished record) and return the record; bad input fails in one line."""
         from harness.data import DataError
         from harness.models import ModelError
-        from harness.results import RecordError, record_path
+        from harness.record import OutputError, RecordError, record_path
         from harness.runner import run_cell
 
         ctx = self.session.context
         try:
             record = run_cell(ctx, cell)
-        except (DataError, ModelError, RecordError) as err:
+        except (DataError, ModelError, RecordError, OutputError) as err:
             pytest.fail(str(err), pytrace=False)
         self.node.user_properties.append((RECORD_KEY, str(record_path(ctx.results_dir, cell.id))))
         if "PYTEST_XDIST_WORKER" in os.environ or not self.session.config.getoption("verbose") < 0:

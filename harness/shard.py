@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from harness.results import load_records, record_path, write_record
+from harness.record import atomic_write, load_records, predictions_path, record_path, write_record
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +49,6 @@ def _collect(sources: list[Path]) -> dict[str, tuple[Path, dict]]:
     return chosen
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}-", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def merge(out: Path, sources: list[Path]) -> list[dict]:
     """Copy every cell record (and its predictions) of `sources` into `out` and write the run's summary.
 
@@ -80,9 +66,10 @@ def merge(out: Path, sources: list[Path]) -> list[dict]:
     for cell_id, (src, record) in sorted(everything.items()):
         if src == out:
             continue
-        predictions = src / "predictions" / f"{cell_id}.npz"
+        predictions = predictions_path(src, cell_id)
         if predictions.exists():
-            _copy_atomic(predictions, out / "predictions" / predictions.name)
+            with open(predictions, "rb") as f:
+                atomic_write(predictions_path(out, cell_id), lambda dst: shutil.copyfileobj(f, dst))
         write_record(record_path(out, cell_id), record)
     records = [record for _, record in sorted(everything.values(), key=lambda x: x[1]["cell"])]
     from harness.report import write_summary

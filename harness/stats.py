@@ -28,10 +28,10 @@ from typing import NamedTuple
 import numpy as np
 
 from harness.metrics import FUNCTIONS, pearson
+from harness.record import VERDICTS
 
 N_BOOT = 2000
 LEVEL = 0.95
-VERDICTS = ("positive", "negative", "neutral")
 
 
 class Arms(NamedTuple):

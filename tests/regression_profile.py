@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import profiles
-from harness.results import atomic_write_text
+from harness.record import atomic_write_text
 
 _degraded: list[str] = []
 

@@ -165,15 +165,14 @@ def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profi
 
 
 def _record(tmp_path: Path, key: str = "k1") -> Path:
-    from harness.results import SCHEMA_VERSION, record_path, write_record
+    from recordgen import make_record
 
-    record = {"schema": SCHEMA_VERSION, "cell": "bert-sentiment-legal", "profile": "tiny", "model": "m",
-              "task": "sentiment", "domain": "legal", "seeds": [0], "metrics": {}, "gain": {},
-              "intermediate_key": "i", "timings": {}, "env": {}, "config_key": key}
+    from harness.record import record_path, save_predictions, write_record
+
+    record = {**make_record("bert", "sentiment", "legal"), "config_key": key}
     path = record_path(tmp_path, record["cell"])
     write_record(path, record)
-    (tmp_path / "predictions").mkdir(exist_ok=True)
-    np.savez(tmp_path / "predictions" / "bert-sentiment-legal.npz", **{"y_true/en": np.arange(3)})
+    save_predictions(tmp_path, record["cell"], {"y_true/en": np.arange(3)})
     return path
 
 
@@ -195,3 +194,19 @@ def test_a_truncated_record_or_predictions_file_is_not_reused(tmp_path, damage):
     else:
         predictions.unlink()
     assert finished_record(path, "k1") is None
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])
+def test_tokenizer_digest_is_a_function_of_the_tokenizer_only(tiny_profile, tiny_tokenizers, family, tmp_path):
+    """Encoding sets truncation and padding state inside the tokenizer; a freshly loaded copy of the same
+    tokenizer and one that encoded at two lengths before have the same digest (cache keys stay pure)."""
+    from transformers import AutoTokenizer
+
+    used = tiny_tokenizers[family]
+    used.save_pretrained(tmp_path)
+    fresh = AutoTokenizer.from_pretrained(str(tmp_path))
+    used(["a b c d e f g", "h i"], truncation=True, max_length=3)
+    used(["a b", "c d"], ["e", "f"], truncation=True, max_length=17, padding="max_length")
+    assert json.loads(used.backend_tokenizer.to_str())["truncation"] != \
+        json.loads(fresh.backend_tokenizer.to_str())["truncation"]  # the state the digest must not see
+    assert cache.tokenizer_digest(used) == cache.tokenizer_digest(fresh)

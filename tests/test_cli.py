@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from recordgen import golden_records, tiny_grid_records, write_records
+from recordgen import golden_records, tiny_grid_records, write_golden_predictions, write_records
 
 from harness import compare as C
 from harness import report
@@ -22,6 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 @pytest.fixture
 def run_dir(tmp_path):
     write_records(tmp_path / "run", golden_records())
+    write_golden_predictions(tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -149,7 +150,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import pytest
 from recordgen import make_record
-from harness.results import record_path, write_record
+from harness.record import record_path, write_record
 
 
 @pytest.mark.parametrize("cell_id", ["bert-classification-general", "roberta-classification-legal", "bert-x-y"])

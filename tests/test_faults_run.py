@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from recordgen import make_record, write_records
 
-from harness.results import load_records, record_path
+from harness.record import load_records, record_path
 from harness.session import parse_seeds
 from micro_profile import grid_command
 from tests.test_spec import CONTRACTS

@@ -93,14 +93,43 @@ def test_update_records_exactly_the_cells_that_ran(baselines, recorded):
         assert data["cells"][cell] == {k: rec[k] for k in data["cells"][cell]}
 
 
-def test_robustness_comes_from_the_general_cell_run_before(recorded, checked_runs):
+def summary_robustness(results: Path, cell: str) -> dict:
+    """language -> robustness row of `cell` in a summary.json (end of run or `python -m harness report`)."""
+    data = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    return {r["language"]: r for r in data["robustness"] if f"{r['model']}-{r['task']}-{r['domain']}" == cell}
+
+
+def test_robustness_is_analysed_from_the_saved_predictions(recorded, checked_runs):
     shifted, general = record(recorded, SHIFTED), record(recorded, GENERAL)
-    assert set(shifted["robustness"]) == set(shifted["languages"])
-    for lang, r in shifted["robustness"].items():
+    rows = summary_robustness(recorded / "results", SHIFTED)
+    assert set(rows) == set(shifted["languages"])
+    for lang, r in rows.items():
+        assert r["source"] == "predictions"
         assert r["mean"] == pytest.approx(shifted["gain"][lang]["mean"] - general["gain"][lang]["mean"])
         assert r["ci_low"] <= r["mean"] <= r["ci_high"]
-    alone = record(checked_runs["alone"][0], SHIFTED)  # no general cell in that results folder
-    assert "robustness" not in alone and alone["notes"][0].startswith("robustness omitted: no record")
+    assert summary_robustness(checked_runs["reversed"][0] / "results", SHIFTED) == rows  # legal ran first
+    assert "robustness" not in shifted  # a cell never reads another cell's files
+
+
+def test_intermediate_keys_do_not_depend_on_what_ran_before(recorded, checked_runs):
+    """The legal cell alone in a fresh process has the keys it had after two other cells in one process."""
+    alone, after = record(checked_runs["alone"][0], SHIFTED), record(recorded, SHIFTED)
+    assert alone["intermediate_key"] == after["intermediate_key"]
+    assert [m["key"] for m in alone["intermediate"]] == [m["key"] for m in after["intermediate"]]
+
+
+def test_report_pairs_cells_of_separate_runs(tmp_path, recorded, checked_runs):
+    """The legal cell run alone and the general cell of another run, in one folder: `report` analyses them."""
+    for run, cell in (("alone", SHIFTED), ("reversed", GENERAL)):
+        src = checked_runs[run][0] / "results"
+        for sub, suffix in (("cells", "json"), ("predictions", "npz")):
+            (tmp_path / sub).mkdir(exist_ok=True)
+            (tmp_path / sub / f"{cell}.{suffix}").write_bytes((src / sub / f"{cell}.{suffix}").read_bytes())
+    done = subprocess.run([sys.executable, "-m", "harness", "report", "--results-dir", str(tmp_path), "--format",
+                           "json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "summary.json").write_text(done.stdout, encoding="utf-8")
+    assert summary_robustness(tmp_path, SHIFTED) == summary_robustness(recorded / "results", SHIFTED)
 
 
 @pytest.mark.parametrize("run", ["parallel", "reversed", "alone"])
@@ -113,12 +142,11 @@ def test_same_numbers_alone_in_parallel_and_in_any_order(recorded, checked_runs,
     if run == "reversed":
         assert order(output) == expected
     if run == "parallel":  # each model-task group on one worker, its general cell first
-        assert "created: 2/2 workers" in output and "robustness" in record(out, SHIFTED)
+        assert "created: 2/2 workers" in output
+        assert summary_robustness(out / "results", SHIFTED) == summary_robustness(recorded / "results", SHIFTED)
     for cell in expected:
         again, first = record(out, cell), record(recorded, cell)
         assert {k: again[k] for k in NUMBERS} == {k: first[k] for k in NUMBERS}, cell
-        if "robustness" in again:
-            assert again["robustness"] == first["robustness"]
     assert record(out, SHIFTED)["env"]["torch_threads"] == 1
 
 

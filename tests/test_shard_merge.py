@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.grid import cells
-from harness.results import load_records, record_path
+from harness.record import load_records, record_path
 from harness.selection import parse_shard, shard_cells
 from harness.shard import MergeError, merge
 from recordgen import make_record, tiny_grid_records, write_records

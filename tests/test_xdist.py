@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import load_records
+from harness.record import load_records
 from micro_profile import grid_command
 
 ROOT = Path(__file__).resolve().parents[1]
