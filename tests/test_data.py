@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.data import DataError, encode, label_set, load_split
-from harness.profiles import DatasetSpec
+from harness.config import DatasetSpec
 
 CLS = DatasetSpec(name="toy", task="classification", domain="general")
 SIM = DatasetSpec(name="toy-sim", task="similarity", domain="general", text="text_a", text_b="text_b", label="score")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.grid import Cell
-from harness.profiles import DatasetSpec, ModelSpec, load_profile
+from harness.config import DatasetSpec, ModelSpec
+from harness.profiles import load_profile
 from tests.conftest import write_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
