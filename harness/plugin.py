@@ -48,6 +48,10 @@ def pytest_addoption(parser):
     group.addoption("--rerun", action="store_true", help="retrain cells even when a finished record exists")
     group.addoption("--compile", action="store_true", help="train through torch.compile (pays off on GPUs and "
                     "long runs; compiling costs tens of seconds per model shape)")
+    group.addoption("--model-set", default=None, metavar="NAME", help="swap the profile's model rows for a named "
+                    "set of its TOML file (paper: multilingual = mBERT and XLM-R; `--models` still filters rows)")
+    group.addoption("--plan", action="store_true", help="print what would run (cells, model and data set revisions, "
+                    "sizes, epochs, training examples, estimated time) and exit without training")
     group.addoption("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based): a deterministic "
                     "share of the selected cells, model-task groups kept together (one Slurm array task each; "
                     "combine with `python -m harness merge`)")
@@ -109,7 +113,7 @@ class Bench:
             from harness.profiles import load_profile
             try:
                 self._profile = load_profile(self.profile_name, self.paths["data_dir"], Path(self.paths["cache_dir"]),
-                                             spec=self.paths["spec"])
+                                             spec=self.paths["spec"], model_set=self.config.getoption("model_set"))
             except ValueError as err:
                 raise pytest.UsageError(str(err)) from None
             if "domains" in self.filters:
@@ -191,9 +195,28 @@ _PROFILE_ERROR = pytest.StashKey[pytest.UsageError]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session):
-    """A profile or --spec that failed to load during collection: one clean `ERROR: ...` line, exit code 4."""
+    """A profile or --spec that failed to load during collection: one clean `ERROR: ...` line, exit code 4.
+    With --plan, the plan of the selected cells (harness/plan.py)."""
     if _PROFILE_ERROR in session.config.stash:
         raise session.config.stash[_PROFILE_ERROR]
+    if session.config.getoption("plan"):
+        from harness.plan import format_plan, plan
+
+        bench = session.config.stash[_BENCH]
+        cells = [i.callspec.params["cell"] for i in session.items
+                 if hasattr(i, "callspec") and isinstance(i.callspec.params.get("cell"), Cell)]
+        seeds = bench.seeds or bench.profile.seeds
+        rows = plan(bench.profile, cells, seeds, Path(bench.paths["results_dir"]))
+        session.config.stash[_PLAN] = format_plan(bench.profile, rows, seeds)
+
+
+_PLAN = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """--plan: train nothing (the plan is printed in the terminal summary)."""
+    return True if session.config.getoption("plan") else None
 
 
 def pytest_generate_tests(metafunc):
@@ -397,6 +420,9 @@ _BASELINE_LINES = pytest.StashKey[list]()
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if _PLAN in config.stash:
+        terminalreporter.section("transfer-bench plan")
+        terminalreporter.write_line(config.stash[_PLAN])
     _baseline_summary(terminalreporter, config)
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:

@@ -21,8 +21,8 @@ from harness.cache import atomic_dir, cached_encoding, file_digest, finished_rec
 from harness.devices import device_info, precision
 from harness.models import body_state, build_model, load_tokenizer
 from harness.config import DatasetSpec, Profile
-from harness.tasks import task_type
 from harness.results import SCHEMA_VERSION, env_info, record_path, write_record
+from harness.tasks import task_type
 from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,7 @@ def _robustness(ctx, cell: Cell, record: dict, test_enc, preds) -> tuple[dict | 
     """gain(this domain) - gain(general) per language, from the general cell's record and predictions in the
     same results directory (the grid runs a model-task's general cell first). (None, why) when there are none
     or they come from another configuration (seeds, intermediate models, hyper-parameters)."""
-    from harness.tasks import task_type
-from harness.results import RecordError, read_record
+    from harness.results import RecordError, read_record
 
     general_id = Cell(cell.model, cell.task, "general").id
     path = record_path(ctx.results_dir, general_id)
