@@ -131,10 +131,14 @@ def format_plan(profile: Profile, rows: list[PlanRow], seeds: int) -> str:
     runnable = [r for r in rows if r.skip is None]
     known = [r.examples for r in runnable if r.examples is not None]
     timed = [r.seconds for r in runnable if r.seconds is not None]
+    if timed:
+        estimate = f"estimated {_duration(sum(timed))}" + ("" if len(timed) == len(runnable) else
+                                                         f" for the {len(timed)} cell(s) with a measured speed")
+    else:
+        estimate = "estimated time unknown (no finished record of these models in --results-dir yet)"
     total = (f"{len(runnable)} of {len(rows)} cells run, {seeds} seed(s); {sum(known):,} training examples"
              f"{'' if len(known) == len(runnable) else f' ({len(runnable) - len(known)} cell(s) of unknown size)'}; "
-             f"estimated {_duration(sum(timed))}" + ("" if len(timed) == len(runnable) else
-                                                     f" for the {len(timed)} cell(s) with a measured speed"))
+             + estimate)
     basis = ("time = training examples / the median training examples/s of finished records of the same model in "
              "--results-dir (no record yet: '?'); evaluation and data loading are not counted")
     return f"profile {profile.name}: plan (nothing trained)\n{text}\n{total}\n{basis}"
