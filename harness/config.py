@@ -96,7 +96,6 @@ class Profile:
     tokenizer_corpus: tuple = ()  # files (relative to data_root) for training tokenizers; () = use pretrained
     missing: dict = field(default_factory=dict)  # (task, domain) -> why the profile has no data set there
     model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelSpec} (--model-set)
-    file: str | None = None  # the TOML file the profile was read from
 
     @property
     def domains(self) -> tuple:

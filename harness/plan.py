@@ -49,7 +49,7 @@ def train_size(spec: DatasetSpec, root: Path) -> int | None:
     return min(rows, spec.max_train) if spec.max_train else rows
 
 
-def test_size(spec: DatasetSpec, root: Path) -> int | None:
+def eval_size(spec: DatasetSpec, root: Path) -> int | None:
     rows = spec.sizes.get("test")
     if rows is None and spec.format != "hf" and not spec.train_fraction:
         rows = _local_rows(spec, root, "test")
@@ -93,7 +93,7 @@ def plan(profile: Profile, cells: list[Cell], seeds: int, results_dir: Path) -> 
             rows.append(PlanRow(cell.id, model.describe, "-", "-", "-", None, None, skip=reason))
             continue
         target, inter = profile.targets[(cell.task, cell.domain)], profile.intermediates[cell.task]
-        n_target, n_test, n_inter = (train_size(target, profile.data_root), test_size(target, profile.data_root),
+        n_target, n_test, n_inter = (train_size(target, profile.data_root), eval_size(target, profile.data_root),
                                      train_size(inter, profile.data_root))
         sizes = f" ({_n(n_target)} train / {_n(n_test)} test)"
         examples = None

@@ -24,8 +24,8 @@ of the source, for --plan). A model row may be a table {source, revision} or {sk
 
 Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
---model-set NAME). A profile file adds a `[profile]` table (name, description, seeds, threads,
-requires_data_dir) and is a complete grid; a spec file changes the profile it is applied to.
+--model-set NAME). A profile file adds a `[profile]` table (seeds, threads, requires_data_dir:
+what to pass as --data-dir when its paths are local) and is a complete grid; a spec file changes the profile it is applied to.
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
 stored absolute, so the runner reads them wherever the profile's own data lives. Everything is checked
@@ -55,7 +55,7 @@ _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing")
-_PROFILE_KEYS = {"name": str, "description": str, "seeds": int, "threads": int, "requires_data_dir": str}
+_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str}
 
 
 class SpecError(ValueError):
@@ -91,7 +91,7 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
                          f"{meta['requires_data_dir']}")
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
-                    seeds=meta.get("seeds", 1), threads=meta.get("threads"), file=str(profile_file))
+                    seeds=meta.get("seeds", 1), threads=meta.get("threads"))
     profile = _apply(empty, doc, profile_file, root, cache_dir)
     missing = [m for m in MODELS if m not in profile.models]
     if missing:
