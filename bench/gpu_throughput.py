@@ -27,7 +27,7 @@ import torch
 from harness import flops
 from harness import train as loop
 from harness.data import Encoded
-from harness.profiles import TrainConfig
+from harness.config import TrainConfig
 
 log = logging.getLogger("gpu_throughput")
 SETTINGS = [  # name, bf16, attention, compile

@@ -33,7 +33,8 @@ from harness import flops
 from harness.devices import default_device, precision, threads_per_worker, usable_cores
 from harness.metrics import accuracy
 from harness.models import build_model
-from harness.profiles import ModelSpec, TrainConfig, load_profile
+from harness.config import ModelSpec, TrainConfig
+from harness.profiles import load_profile
 from harness.reference import make_trainer, trainer_predict
 from harness.runner import RunContext, load_dataset, tokenizer_for
 from harness.train import lengths_of, predict, train

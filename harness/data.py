@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.profiles import DatasetSpec
+from harness.config import DatasetSpec
+from harness.tasks import task_type
 
 log = logging.getLogger(__name__)
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv"}
@@ -72,8 +73,10 @@ def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
     try:
         if spec.format == "hf":
             hub_id, _, config = file.partition(":")
-            return datasets.load_dataset(hub_id, config or None, split=spec.splits.get(split, split),
-                                         revision=spec.revision, **kwargs)
+            # `folders` (a parquet export): CONFIG is a folder of SPLIT/ folders, not a config the card declares
+            where = {"data_dir": config or None} if spec.layout == "folders" else {"name": config or None}
+            return datasets.load_dataset(hub_id, split=spec.splits.get(split, split), revision=spec.revision,
+                                         **where, **kwargs)
         if not Path(file).is_file():
             raise DataError(f"{file}: file not found (data set {spec.name!r}, split {split!r}; "
                             f"check --data-dir and the `path` of the data set)")
@@ -207,10 +210,11 @@ def _where(file: str, spec: DatasetSpec, row: int, field: str) -> str:
 
 
 def _check_labels(spec: DatasetSpec, file: str, raw: list, labels: list | None) -> list:
-    """Scores as floats (similarity) or labels as strings, each checked; `labels` closes the label set."""
+    """Scores as floats (regression tasks) or labels as strings, each checked; `labels` closes the label set."""
+    check = _score if task_type(spec.task).regression else (lambda value: _label(value, labels))
     out = []
     for row, value in enumerate(raw, 1):
-        value, problem = _score(value) if spec.task == "similarity" else _label(value, labels)
+        value, problem = check(value)
         if problem:
             raise DataError(f"{_where(file, spec, row, spec.label)}: {problem}")
         out.append(value)
@@ -241,10 +245,6 @@ def _is_number(value) -> bool:
         return False
 
 
-def label_set(train: Split, task: str) -> list | None:
-    return None if task == "similarity" else sorted(set(train.labels))
-
-
 CHARS_PER_TOKEN = 64
 
 
@@ -260,7 +260,8 @@ def _head(texts: list, max_length: int) -> list:
 
 
 def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Encoded:
-    """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py."""
+    """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py. Targets are class ids in
+    the order of `labels`, or the float scores of a regression task (`labels` None)."""
     args = [_head(split.texts, max_length)] + ([_head(split.texts_b, max_length)] if split.texts_b is not None else [])
     enc = tokenizer(*args, truncation=True, max_length=max_length, return_token_type_ids=True,
                     return_attention_mask=False)

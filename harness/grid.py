@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.tasks import TASK_TYPES
+
 MODELS = ("bert", "roberta", "xlnet")
-TASKS = ("classification", "sentiment", "similarity")
+TASKS = tuple(TASK_TYPES)  # every task type a cell can have (harness/tasks.py)
+# The design grid's tasks: every profile lists their cells; another task type (nli) has cells only where a
+# profile has a data set for it, as a new domain does.
+GRID_TASKS = ("classification", "sentiment", "similarity")
 DOMAINS = ("general", "medical", "legal")
 ARMS = ("direct", "intermediate")
 
@@ -28,7 +33,7 @@ class Cell:
         return self.id
 
 
-def cells(models=MODELS, tasks=TASKS, domains=DOMAINS) -> list[Cell]:
+def cells(models=MODELS, tasks=GRID_TASKS, domains=DOMAINS) -> list[Cell]:
     """Every model x task x domain cell, ordered so that a task's general cell precedes its shifted domains."""
     return [Cell(m, t, d) for m in models for t in tasks for d in domains]
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-MAIN_METRIC = {"classification": "accuracy", "sentiment": "accuracy", "similarity": "spearman"}
-METRICS = {"classification": ("accuracy", "macro_f1"), "sentiment": ("accuracy", "macro_f1"),
-           "similarity": ("spearman", "pearson")}
+from harness.tasks import task_type
 
 
 def _squeeze(values: np.ndarray, batched: bool):
@@ -58,8 +56,8 @@ FUNCTIONS = {"accuracy": accuracy, "macro_f1": macro_f1, "pearson": pearson, "sp
 
 
 def score(task: str, y_true, y_pred) -> dict[str, float]:
-    """All metrics of a task for one set of predictions."""
-    return {name: float(FUNCTIONS[name](y_true, y_pred)) for name in METRICS[task]}
+    """All metrics of a task (its entry in harness/tasks.py) for one set of predictions."""
+    return {name: float(FUNCTIONS[name](y_true, y_pred)) for name in task_type(task).metrics}
 
 
 def _as_2d(y_true, y_pred):

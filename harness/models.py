@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from harness.cache import atomic_dir, file_digest, fingerprint
-from harness.profiles import ModelSpec
+from harness.config import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -92,9 +92,18 @@ def pytest_collection_finish(session):
     """A profile or --spec that failed to load during collection: one clean `ERROR: ...` line, exit code 4."""
     if _PROFILE_ERROR in session.config.stash:
         raise session.config.stash[_PROFILE_ERROR]
-    session.config.stash[_SESSION].collected.update(
-        item.callspec.params["cell"].id for item in session.items
-        if hasattr(item, "callspec") and isinstance(item.callspec.params.get("cell"), Cell))
+    run = session.config.stash[_SESSION]
+    cells = [item.callspec.params["cell"] for item in session.items
+             if hasattr(item, "callspec") and isinstance(item.callspec.params.get("cell"), Cell)]
+    run.collected.update(c.id for c in cells)
+    if session.config.getoption("plan"):
+        run.make_plan(cells)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """--plan: train nothing (the plan is printed in the terminal summary)."""
+    return True if session.config.getoption("plan") else None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -122,7 +131,8 @@ def pytest_handlecrashitem(crashitem, report, sched):
 
 
 def pytest_sessionfinish(session):
-    if hasattr(session.config, "workerinput") or session.config.option.collectonly:
+    if hasattr(session.config, "workerinput") or session.config.option.collectonly \
+            or session.config.getoption("plan"):
         return
     run = session.config.stash[_SESSION]
     run.finish()

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.config import TrainConfig
 from harness.data import Encoded
 from harness.devices import precision
-from harness.profiles import TrainConfig
+from harness.tasks import task_type
 
 
 def to_dataset(data: Encoded, with_labels: bool = True):
@@ -100,7 +101,7 @@ def compare_loops(case: "ParityCase", seed: int, output_dir, arms=ARMS) -> dict:
     Arms: `harness` (harness.train), `trainer_same_batches` (Trainer on the harness's batches) and `trainer`
     (Trainer with its own random sampler). Returns {arm: the task's main metric} and, when the first two both
     ran, `weight_diff`: the largest absolute difference between their trained weights (0.0: the same numbers)."""
-    from harness.metrics import MAIN_METRIC, score
+    from harness.metrics import score
     from harness.models import build_model
     from harness.train import predict, train
 
@@ -120,7 +121,7 @@ def compare_loops(case: "ParityCase", seed: int, output_dir, arms=ARMS) -> dict:
                                    same_batches=arm == "trainer_same_batches")
             trainer.train()
             preds = trainer_predict(trainer, case.test)
-        out[arm], models[arm] = score(case.task, case.test.targets, preds)[MAIN_METRIC[case.task]], model
+        out[arm], models[arm] = score(case.task, case.test.targets, preds)[task_type(case.task).main_metric], model
     if "harness" in models and "trainer_same_batches" in models:
         out["weight_diff"] = max((a - b).abs().max().item() for a, b in zip(
             models["harness"].parameters(), models["trainer_same_batches"].parameters()))
@@ -150,8 +151,9 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
     yelp, amazon and imdb in `data_dir`, the folder of ../shared/data), tested on all 600 of their test
     sentences, with the minilm profile's target recipe."""
     from harness import data as D
+    from harness.config import DatasetSpec
     from harness.models import load_tokenizer
-    from harness.profiles import DatasetSpec, load_profile
+    from harness.profiles import load_profile
     from harness.runner import RunContext, load_dataset, tokenizer_for
 
     if name not in PARITY_CASES:
@@ -173,7 +175,7 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
     full, test = uci("train"), uci("test")
     keep = np.random.default_rng(0).permutation(len(full))[:200]
     train_split = D.Split(full.file, [full.texts[i] for i in keep], None, [full.labels[i] for i in keep])
-    labels = D.label_set(train_split, "sentiment")
+    labels = task_type("sentiment").label_set(train_split.labels)
     spec, cfg = profile.models["bert"], profile.target_train
     tok = load_tokenizer(spec, [], Path(cache_dir))
     enc = [D.encode(tok, s, cfg.max_length, labels) for s in (train_split, test)]

@@ -17,12 +17,13 @@ import torch
 from harness import data as D
 from harness import flops, stats
 from harness.grid import Cell
-from harness.metrics import MAIN_METRIC, METRICS, score
+from harness.metrics import score
 from harness.cache import atomic_dir, cached_encoding, file_digest, finished_record, fingerprint, tokenizer_digest
 from harness.devices import device_info, precision
 from harness.models import body_state, build_model, load_tokenizer
-from harness.profiles import DatasetSpec, Profile
+from harness.config import DatasetSpec, Profile
 from harness.record import SCHEMA_VERSION, env_info, record_path, save_predictions, write_record
+from harness.tasks import task_type
 from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True) ->
         root = ctx.profile.data_root
         train_split = D.load_split(spec, root, "train", cache_dir=ctx.cache_dir / "datasets",
                                    limit=spec.max_train)
-        labels = D.label_set(train_split, spec.task)
+        labels = task_type(spec.task).label_set(train_split.labels)
         tests = {}
         if with_tests:
             tests[spec.language] = D.load_split(spec, root, "test", labels, cache_dir=ctx.cache_dir / "datasets",
@@ -102,7 +103,7 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
     trained = {}
 
     def build(tmp: Path):
-        num_labels = 1 if inter.labels is None else len(inter.labels)
+        num_labels = task_type(cell.task).num_labels(inter.labels)
         model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed)
         enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels)
         info = train(model, enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
@@ -145,7 +146,7 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     hp = p.target_train
     train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
     test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels) for lang, s in target.tests.items()}
-    num_labels = 1 if target.labels is None else len(target.labels)
+    num_labels = task_type(cell.task).num_labels(target.labels)
     pad, left = tok.pad_token_id, tok.padding_side == "left"
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     train_examples = eval_examples = 0
@@ -192,13 +193,13 @@ def _throughput(ctx, model, hp, train_enc, test_enc, timings) -> dict:
 
 def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
     p = ctx.profile
-    task, main = cell.task, MAIN_METRIC[cell.task]
+    task, main = cell.task, task_type(cell.task).main_metric
     metrics, per_seed, gains = {}, {}, {}
     for arm, by_lang in preds.items():
         metrics[arm], per_seed[arm] = {}, {}
         for lang, runs in by_lang.items():
             scores = [score(task, test_enc[lang].targets, r) for r in runs]
-            per_seed[arm][lang] = {m: [s[m] for s in scores] for m in METRICS[task]}
+            per_seed[arm][lang] = {m: [s[m] for s in scores] for m in task_type(task).metrics}
             metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
     for lang in test_enc:
         data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])

@@ -58,6 +58,10 @@ OPTIONS = (
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model shape)", switch=True),
+    Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "
+           "mBERT and XLM-R; `--models` still filters rows)", metavar="NAME"),
+    Option("--plan", "print what would run (cells, model and data set revisions, sizes, epochs, training "
+           "examples, estimated time) and exit without training", switch=True),
     Option("--shard", "run only shard I of N (1-based): a deterministic share of the selected cells, model-task "
            "groups kept together (one Slurm array task each; combine with `python -m harness merge`)",
            metavar="I/N"),
@@ -143,6 +147,7 @@ class Session:
         self.baseline_lines: list[str] = []
         self.baseline_update_failed = False
         self.summary: dict | None = None
+        self.plan_text: str | None = None  # --plan: the table of what would run
         try:
             self._check()
         except ValueError as err:
@@ -201,7 +206,8 @@ class Session:
             from harness.profiles import load_profile
             try:
                 self._profile = load_profile(self.profile_name, self.paths["data_dir"],
-                                             Path(self.paths["cache_dir"]), spec=self.paths["spec"])
+                                             Path(self.paths["cache_dir"]), spec=self.paths["spec"],
+                                             model_set=self.config.getoption("model_set"))
                 if "domains" in self.filters:
                     check_names("domain", self.filters["domains"], self._profile.domains)
             except ValueError as err:
@@ -316,9 +322,17 @@ class Session:
             self.baseline_lines.append(f"baselines not written: {err}")
             self.baseline_update_failed = True
 
+    def make_plan(self, cells: list[Cell]) -> None:
+        """--plan: the table of what the selected cells would run (harness/plan.py)."""
+        from harness.plan import format_plan, plan
+
+        seeds = self.seeds or list(range(self.profile.seeds))
+        rows = plan(self.profile, cells, len(seeds), Path(self.paths["results_dir"]))
+        self.plan_text = format_plan(self.profile, rows, len(seeds))
+
     def terminal_lines(self) -> list[tuple[str, list[str]]]:
         """(section title, lines) to print at the end of the run."""
-        sections = []
+        sections = [("transfer-bench plan", [self.plan_text])] if self.plan_text else []
         lines = list(self.baseline_lines)
         if self.unchecked.get("new"):
             lines.append(f"new (no baseline in {self.baseline_file}): {', '.join(sorted(self.unchecked['new']))}")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from harness.data import Encoded
 from harness.devices import precision
-from harness.profiles import TrainConfig
+from harness.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import hashlib
 import numpy as np
 
 from harness.grid import cells
-from harness.metrics import MAIN_METRIC, METRICS
 from harness.record import SCHEMA_VERSION, record_path, save_predictions, write_record
+from harness.tasks import task_type
 from harness.stats import verdict
 
 
@@ -24,7 +24,7 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
                 profile: str = "tiny", shift: float = 0.0) -> dict:
     """A complete record; `shift` moves every intermediate score (and so every gain) by that much."""
     cell = f"{model}-{task}-{domain}"
-    main = MAIN_METRIC[task]
+    main = task_type(task).main_metric
     metrics = {"direct": {}, "intermediate": {}}
     per_seed = {"direct": {}, "intermediate": {}}
     gain = {}
@@ -33,7 +33,7 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
         delta = (_unit(cell, lang, "g") - 0.5) / 2 + shift
         half = 0.03125 + _unit(cell, lang, "w") / 8
         for arm, value in (("direct", d), ("intermediate", d + delta)):
-            metrics[arm][lang] = {m: value - 0.0078125 * k for k, m in enumerate(METRICS[task])}
+            metrics[arm][lang] = {m: value - 0.0078125 * k for k, m in enumerate(task_type(task).metrics)}
             per_seed[arm][lang] = {m: [v] * seeds for m, v in metrics[arm][lang].items()}
         gain[lang] = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half,
                       "verdict": verdict(delta - half, delta + half)}

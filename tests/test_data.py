@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from harness.data import DataError, encode, label_set, load_split
-from harness.profiles import DatasetSpec
+from harness.config import DatasetSpec
+from harness.data import DataError, encode, load_split
+from harness.tasks import task_type
 
 CLS = DatasetSpec(name="toy", task="classification", domain="general")
 SIM = DatasetSpec(name="toy-sim", task="similarity", domain="general", text="text_a", text_b="text_b", label="score")
@@ -148,8 +149,8 @@ def test_limit_subsamples_deterministically_after_validating_every_row(jsonl):
 
 def test_label_set_is_sorted_and_closed_for_classification_only(jsonl):
     split = _load(CLS, jsonl("ok.jsonl", [GOOD[1], GOOD[0], GOOD[1]]))
-    assert label_set(split, "classification") == ["x", "y"]
-    assert label_set(split, "similarity") is None
+    assert task_type("classification").label_set(split.labels) == ["x", "y"]
+    assert task_type("similarity").label_set(split.labels) is None
 
 
 def test_encode_maps_labels_to_ids_and_keeps_scores(jsonl, tiny_tokenizers):
@@ -175,7 +176,7 @@ def test_generated_corpora_load_and_validate(tiny_profile, tmp_path):
     root, cache = tiny_profile.data_root, tmp_path / "ds-cache"
     for (task, _domain), spec in tiny_profile.targets.items():
         train = load_split(spec, root, "train", cache_dir=cache)
-        labels = label_set(train, task)
+        labels = task_type(task).label_set(train.labels)
         test = load_split(spec, root, "test", labels, cache_dir=cache)
         inter = load_split(tiny_profile.intermediates[task], root, "train", cache_dir=cache)
         assert len(inter) >= 10 * len(train), "intermediate sets are at least 10x the target training sets"

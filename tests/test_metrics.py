@@ -10,6 +10,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 
 from harness import metrics
+from harness.tasks import TASK_TYPES
 
 labels = st.integers(min_value=0, max_value=4)
 
@@ -111,10 +112,10 @@ def test_shape_mismatch_is_an_error():
         metrics.accuracy([0, 1, 2], [0, 1])
 
 
-@pytest.mark.parametrize("task", sorted(metrics.METRICS))
+@pytest.mark.parametrize("task", sorted(TASK_TYPES))
 def test_score_reports_the_task_metrics_and_its_main_metric(task):
     y = np.array([0.0, 1.0, 2.0, 1.0])
     result = metrics.score(task, y, y)
-    assert set(result) == set(metrics.METRICS[task])
-    assert metrics.MAIN_METRIC[task] in result
+    assert set(result) == set(TASK_TYPES[task].metrics)
+    assert TASK_TYPES[task].main_metric in result
     assert all(v == pytest.approx(1.0) for v in result.values())

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.grid import Cell
-from harness.profiles import DatasetSpec, ModelSpec, load_profile
+from harness.config import DatasetSpec, ModelSpec
+from harness.profiles import load_profile
 from tests.conftest import write_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,7 +23,8 @@ def test_minilm_without_data_dir_says_what_to_pass(tmp_path):
 
 
 def test_minilm_with_a_wrong_data_dir_names_the_missing_file(tmp_path):
-    with pytest.raises(ValueError, match=r"sib200/en/train.jsonl not found \(data set 'sib200-en'\)"):
+    with pytest.raises(ValueError, match=r"minilm\.toml: \[\[dataset\]\] 1 \(sib200-en\) key 'path': folder not found: "
+                                         r".*sib200/en \(--data-dir .*: is it the folder"):
         load_profile("minilm", tmp_path, tmp_path)
 
 
@@ -39,8 +41,9 @@ def test_minilm_rows_and_cells(tmp_path):
                         "bert-similarity-general", "bert-similarity-medical"}
     assert "no real medical sentiment data set" in p.skip_reason(Cell("bert", "sentiment", "medical"))
     # the general similarity target trains on STS-B dev: never on the intermediate set's rows
-    assert p.targets[("similarity", "general")].splits == {"train": "stsb/dev.jsonl"}
-    assert p.intermediates["similarity"].path == "stsb" and not p.intermediates["similarity"].splits
+    assert p.targets[("similarity", "general")].splits == {"train": str(SHARED_DATA.resolve() / "stsb/dev.jsonl")}
+    assert p.intermediates["similarity"].path == str(SHARED_DATA.resolve() / "stsb")
+    assert not p.intermediates["similarity"].splits
 
 
 @needs_data
@@ -77,14 +80,24 @@ def test_minilm_weights_load_offline():
 
 def test_paper_profile_recipe_and_hub_ids(tmp_path):
     p = load_profile("paper", None, tmp_path)
-    assert len(p.cells()) == 27
+    assert len(p.cells()) == 36 and p.tasks[-1] == "nli"  # the grid's 27 cells and XNLI's row of 9
     assert {m: (s.source, len(s.revision)) for m, s in p.models.items()} == {
         "bert": ("bert-base-uncased", 40), "roberta": ("roberta-base", 40), "xlnet": ("xlnet-base-cased", 40)}
     specs = list(p.targets.values()) + list(p.intermediates.values())
-    assert all(s.format == "hf" and s.train_fraction == 0.7 and "/" in s.path for s in specs)
-    assert p.intermediates["classification"].path == "stanfordnlp/imdb"
+    assert all(s.format == "hf" and "/" in s.path for s in specs)
+    assert all(s.train_fraction == 0.7 for s in specs if s.task != "nli")  # XNLI: its own splits (paper.toml)
+    assert p.intermediates["classification"].path == "stanfordnlp/imdb:plain_text"
     assert p.intermediate_train.epochs == 100
     assert len(p.targets[("classification", "general")].cross_lingual) == 11
+    assert "MedNLI" in p.skip_reason(Cell("bert", "nli", "medical"))
+
+
+def test_paper_multilingual_model_set(tmp_path):
+    p = load_profile("paper", None, tmp_path, model_set="multilingual")
+    assert (p.models["bert"].source, p.models["roberta"].source) == ("bert-base-multilingual-cased", "xlm-roberta-base")
+    assert "XLNet has no multilingual release" in p.skip_reason(Cell("xlnet", "nli", "general"))
+    with pytest.raises(ValueError, match="unknown --model-set 'bilingual' for profile 'paper'; valid: multilingual"):
+        load_profile("paper", None, tmp_path, model_set="bilingual")
 
 
 def test_paper_offline_fails_in_one_line(tmp_path):
@@ -95,7 +108,8 @@ def test_paper_offline_fails_in_one_line(tmp_path):
     with pytest.raises(DataError) as data_err:
         load_split(p.intermediates["classification"], p.data_root, "train", cache_dir=tmp_path)
     message = str(data_err.value)
-    assert message.startswith("stanfordnlp/imdb: cannot load hub data set 'imdb'") and "--data-dir/--spec" in message
+    assert message.startswith("stanfordnlp/imdb:plain_text: cannot load hub data set 'imdb'")
+    assert "--data-dir/--spec" in message
     with pytest.raises(ModelError) as model_err:
         load_tokenizer(p.models["roberta"], [], tmp_path)
     message = str(model_err.value)
@@ -124,9 +138,23 @@ def run_bench(*args, tmp_path) -> subprocess.CompletedProcess:
 def test_paper_collects_offline_and_a_cell_fails_fast(tmp_path):
     collected = run_bench("--profile", "paper", "--collect-only", "-q", tmp_path=tmp_path)
     assert collected.returncode == 0, collected.stdout + collected.stderr
-    assert collected.stdout.count("test_transfer[") == 27
+    assert collected.stdout.count("test_transfer[") == 36
     ran = run_bench("--profile", "paper", "-k", "bert-classification-general", "-q", "--seeds", "1",
                     tmp_path=tmp_path)
     assert ran.returncode == 1
     assert "mteb/sib200:eng_Latn: cannot load hub data set 'sib200'" in ran.stdout
     assert "Traceback" not in ran.stdout and "--data-dir/--spec" in ran.stdout
+
+
+def test_paper_plan_offline_lists_every_cell_with_pinned_revisions(tmp_path):
+    import re
+
+    run = run_bench("--profile", "paper", "--plan", "-q", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [line for line in run.stdout.splitlines() if re.match(r"(bert|roberta|xlnet)-\w+-\w+ ", line)]
+    assert len(rows) == 36 and "test_transfer" not in run.stdout.split("transfer-bench plan")[1]
+    revisions = re.findall(r"@(\w+)", "\n".join(rows))
+    assert revisions and all(re.fullmatch(r"[0-9a-f]{40}", r) or r == "UNPINNED" for r in revisions)
+    assert "@main" not in run.stdout and run.stdout.count("UNPINNED") == 3  # medical_abstracts: see paper.toml
+    assert "xnli@d0b69a6f999d31ecd5be9b61ea1be3040b66e69d (2,490 train / 5,010 test)" in run.stdout
+    assert "21 of 36 cells run, 3 seed(s)" in run.stdout and "estimated time unknown" in run.stdout

@@ -204,3 +204,42 @@ def test_readme_worked_example(tmp_path):
     assert profile.skip_reason(Cell("bert", "sentiment", "products")) is None
     legal = profile.targets[("classification", "legal")]
     assert (legal.name, legal.language, sorted(legal.cross_lingual)) == ("unfair_tos-de", "de", ["en", "it", "pl"])
+
+
+def test_profile_tables_in_a_spec(tiny_profile, data, tmp_path):
+    """[train.*], [missing], [model_sets] and {skip = ...} rows: the tables the shipped profiles are written in."""
+    spec = write_spec(tmp_path / "s.toml", target_entry(), extra=(
+        '\n[train.intermediate]\nepochs = 1\nlr = 0.002\n'
+        '\n[missing]\nsentiment-finance = "no finance tweets yet"\n'
+        '\n[models]\nxlnet = { skip = "not today" }\n'
+        '\n[model_sets.other]\nbert = { source = "checkpoints", revision = "abc" }\n'))
+    (data / "checkpoints").mkdir()
+    profile = apply_spec(tiny_profile, spec, data)
+    assert (profile.intermediate_train.epochs, profile.intermediate_train.lr) == (1, 0.002)
+    assert profile.intermediate_train.batch_size == tiny_profile.intermediate_train.batch_size
+    assert profile.skip_reason(Cell("bert", "sentiment", "finance")) == "no finance tweets yet"
+    assert profile.skip_reason(Cell("xlnet", "classification", "general")) == "not today"
+    assert profile.model_sets["other"]["bert"].source == str((data / "checkpoints").resolve())
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("\n[train.target]\nepochs = 1.5\n", "[train.target] key 'epochs': must be a non-negative int"),
+    ("\n[train.target]\nwarmup = 0.1\n", "[train.target] key 'warmup': unknown hyper-parameter"),
+    ("\n[train.finetune]\nepochs = 1\n", "expected the tables [train.target] and [train.intermediate]"),
+    ("\n[missing]\ntranslation-legal = \"x\"\n", "[missing] key 'translation-legal'"),
+    ("\n[models]\nbert = { source = \"x\", skip = \"y\" }\n", "[models] key 'bert': must be"),
+    ("\n[profile]\nseeds = 2\n", "key 'profile': unknown top-level key"),
+])
+def test_bad_profile_tables_name_the_key(tiny_profile, data, tmp_path, extra, words):
+    assert words in error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(), extra=extra), data)
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    (dict(layout="folders"), "layout", "for format hf only"),
+    (dict(format="hf", layout="tree"), "layout", "must be one of configs, folders"),
+    (dict(sizes={"train": 0}), "sizes", "positive integers"),
+    (dict(sizes={"dev": 5}), "sizes", "positive integers"),
+])
+def test_hub_keys_are_checked(tiny_profile, data, tmp_path, changes, key, words):
+    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
+    assert f"key '{key}'" in message and words in message

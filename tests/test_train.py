@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from harness.data import Split, encode
 from harness.metrics import accuracy, spearman
 from harness.models import build_model
-from harness.profiles import TrainConfig
+from harness.config import TrainConfig
 from harness.train import length_grouped_batches, predict, train
 
 TOY = TrainConfig(lr=2e-3, epochs=8, batch_size=16, max_length=16, warmup_ratio=0.1)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from harness import flops
 from harness.data import Split, encode
 from harness.models import build_model
-from harness.profiles import TrainConfig
+from harness.config import TrainConfig
 from harness.train import autocast, collate, eval_batches, lengths_of, predict, to_device, train
 
 
