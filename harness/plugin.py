@@ -48,6 +48,10 @@ def pytest_addoption(parser):
     group.addoption("--rerun", action="store_true", help="retrain cells even when a finished record exists")
     group.addoption("--compile", action="store_true", help="train through torch.compile (pays off on GPUs and "
                     "long runs; compiling costs tens of seconds per model shape)")
+    group.addoption("--tune", action="store_true", dest="tune", default=None, help="select each arm's learning "
+                    "rate and epochs on validation data (default in the minilm and paper profiles; see README)")
+    group.addoption("--no-tune", action="store_false", dest="tune", help="train each arm once with the profile's "
+                    "recipe (default in tiny)")
     group.addoption("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based): a deterministic "
                     "share of the selected cells, model-task groups kept together (one Slurm array task each; "
                     "combine with `python -m harness merge`)")
@@ -139,7 +143,8 @@ class Bench:
             seeds = list(range(self.seeds or p.seeds))
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=seeds, device=device,
-                                   rerun=self.config.getoption("rerun"), compile=self.config.getoption("compile"))
+                                   rerun=self.config.getoption("rerun"), compile=self.config.getoption("compile"),
+                                   tune=p.tune if self.config.getoption("tune") is None else self.config.getoption("tune"))
         return self._ctx
 
 

@@ -16,8 +16,13 @@
     [models]                       # optional: a grid model row -> hub id or local checkpoint folder
     bert = "bert-base-multilingual-cased"
 
-Optional dataset keys: `revision` (hub), `splits` (a table mapping train/test to a file or hub split),
-`max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source).
+    [tuning]                       # optional: the per-arm search space (harness/tuning.py), replacing the
+    lr = [1e-4, 3e-4]              # profile's keys given here: a run per learning rate, validation-scored
+    epochs = [2, 3, 4]             # after each epoch count; validation_fraction (when carving) also allowed
+
+Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validation/test to a file or hub split),
+`max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
+`main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels).
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
 stored absolute, so the runner reads them wherever the profile's own data lives. Everything is checked
@@ -34,13 +39,15 @@ import tomllib
 from pathlib import Path
 
 from harness.grid import MODELS, TASKS
+from harness.metrics import METRICS
 from harness.profiles import DatasetSpec, ModelSpec, Profile
+from harness.tuning import TuningError, parse_space
 
 ROLES = ("target", "intermediate")
 FORMATS = ("jsonl", "csv", "tsv", "hf")
 _COLUMNS = {"text": ("text", "label"), "pair": ("text_a", "text_b", "score")}
 _OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits", "max_train", "max_test",
-             "train_fraction"}
+             "train_fraction", "main_metric"}
 _REQUIRED = ("name", "task", "domain", "path")
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -60,9 +67,13 @@ def apply_spec(profile: Profile, spec_file: str | Path, data_dir: str | Path | N
     spec_file = Path(spec_file)
     doc = _read_toml(spec_file)
     root = Path(data_dir) if data_dir else spec_file.resolve().parent
-    unknown = sorted(set(doc) - {"dataset", "models"})
+    unknown = sorted(set(doc) - {"dataset", "models", "tuning"})
     if unknown:
-        raise SpecError(f"{spec_file}: key {unknown[0]!r}: unknown top-level key (valid: dataset, models)")
+        raise SpecError(f"{spec_file}: key {unknown[0]!r}: unknown top-level key (valid: dataset, models, tuning)")
+    try:
+        tuning = parse_space(doc["tuning"], str(spec_file), profile.tuning) if "tuning" in doc else profile.tuning
+    except TuningError as err:
+        raise SpecError(str(err)) from None
     entries = doc.get("dataset", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise SpecError(f"{spec_file}: key 'dataset': must be an array of tables ([[dataset]])")
@@ -80,7 +91,7 @@ def apply_spec(profile: Profile, spec_file: str | Path, data_dir: str | Path | N
         (targets if ds.role == "target" else intermediates)[slot] = ds
     models = dict(profile.models)
     models.update(parse_models(doc.get("models", {}), spec_file, root))
-    return dataclasses.replace(profile, targets=targets, intermediates=intermediates, models=models)
+    return dataclasses.replace(profile, targets=targets, intermediates=intermediates, models=models, tuning=tuning)
 
 
 def _read_toml(spec_file: Path) -> dict:
@@ -108,7 +119,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     for key in _REQUIRED:
         if key not in entry:
             fail(key, "missing (required: " + ", ".join(_REQUIRED) + ")")
-    for key in ("name", "task", "domain", "path", "role", "language", "format", "revision",
+    for key in ("name", "task", "domain", "path", "role", "language", "format", "revision", "main_metric",
                 *_COLUMNS["text"], *_COLUMNS["pair"]):
         if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
             fail(key, f"must be a non-empty string, got {entry[key]!r}")
@@ -135,8 +146,10 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         fail("train_fraction", f"must be a number between 0 and 1, got {fraction!r}")
     tables = {key: _string_table(entry, key, fail) for key in ("cross_lingual", "splits")}
     for split in tables["splits"]:
-        if split not in ("train", "test"):
-            fail(f"splits.{split}", "unknown split (valid: train, test)")
+        if split not in ("train", "validation", "test"):
+            fail(f"splits.{split}", "unknown split (valid: train, validation, test)")
+    if "main_metric" in entry and entry["main_metric"] not in METRICS[task]:
+        fail("main_metric", f"unknown metric {entry['main_metric']!r} for {task} (valid: {', '.join(METRICS[task])})")
     if entry.get("language", "en") in tables["cross_lingual"]:
         fail(f"cross_lingual.{entry.get('language', 'en')}", "is the data set's own language (its test split)")
     if role == "intermediate":
@@ -155,7 +168,8 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         cross_lingual={lang: place(ref) for lang, ref in tables["cross_lingual"].items()},
         splits={split: place(ref) if fmt != "hf" else ref for split, ref in tables["splits"].items()},
         max_train=entry.get("max_train"), max_test=entry.get("max_test"),
-        train_fraction=float(fraction) if fraction is not None else None, source=str(spec_file), **names)
+        train_fraction=float(fraction) if fraction is not None else None, main_metric=entry.get("main_metric"),
+        source=str(spec_file), **names)
 
 
 def _string_table(entry: dict, key: str, fail) -> dict:
@@ -201,6 +215,8 @@ def validate_files(ds: DatasetSpec, spec_file: Path, number: int, entry: dict, c
         return
     labels = D.label_set(train, ds.task)
     load("splits.test" if "test" in ds.splits else "path", "test", labels)
+    if "validation" in ds.splits:
+        load("splits.validation", "validation")
     for lang, ref in sorted(ds.cross_lingual.items()):
         load(f"cross_lingual.{lang}", "test", labels, file=ref)
 
