@@ -66,8 +66,9 @@ class DatasetSpec:
     # cross-lingual test sets are used whole
     train_fraction: float | None = None
     # the verdict's metric when the default (accuracy / spearman) cannot see a difference, e.g. "macro_f1";
-    # None: harness.metrics.main_metric decides (macro-F1 for imbalanced classification targets)
-    main_metric: str | None = None
+    # None: harness.metrics.main_metric decides (macro-F1 for imbalanced classification targets). Left out of
+    # repr, which cache and config keys hash: runner.config_key adds a non-default main metric itself.
+    main_metric: str | None = field(default=None, repr=False)
     source: str = "profile"  # where it was declared, for error messages
 
     def replace(self, **changes) -> "DatasetSpec":
