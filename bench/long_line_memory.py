@@ -26,7 +26,7 @@ def peak_mb():
 from tokenizers import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
 from harness import data as D
-from harness.profiles import DatasetSpec
+from harness.config import DatasetSpec
 root, cut = Path(sys.argv[1]), sys.argv[2] == "cut"
 if not cut:
     D.CHARS_PER_TOKEN = 10**12

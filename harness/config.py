@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.grid import DOMAINS, GRID_TASKS, MODELS, Cell
+from harness.tuning import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class DatasetSpec:
     layout: str = "configs"
     # known sizes (train examples of the source, test examples per language), shown by --plan before download
     sizes: dict = field(default_factory=dict)
+    # the verdict's metric when the default (accuracy / spearman) cannot see a difference, e.g. "macro_f1";
+    # None: harness.metrics.main_metric decides (macro-F1 for imbalanced classification targets). Left out of
+    # repr, which cache and config keys hash: runner.config_key adds a non-default main metric itself.
+    main_metric: str | None = field(default=None, repr=False)
     source: str = "profile"  # where it was declared, for error messages
 
     def replace(self, **changes) -> "DatasetSpec":
@@ -96,6 +101,8 @@ class Profile:
     tokenizer_corpus: tuple = ()  # files (relative to data_root) for training tokenizers; () = use pretrained
     missing: dict = field(default_factory=dict)  # (task, domain) -> why the profile has no data set there
     model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelSpec} (--model-set)
+    tune: bool = False  # per-arm selection on validation data by default (pytest --tune / --no-tune)
+    tuning: SearchSpace = SearchSpace()  # its search space (a [tuning] table overrides it)
 
     @property
     def domains(self) -> tuple:

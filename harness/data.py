@@ -273,3 +273,58 @@ def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Enc
         index = {label: i for i, label in enumerate(labels)}
         targets = np.asarray([index[label] for label in split.labels], dtype=np.int64)
     return Encoded(ids, types, targets)
+
+
+VALIDATION_NAMES = ("validation", "dev")
+
+
+def own_validation_file(spec: DatasetSpec, root: Path) -> str | None:
+    """The data set's own validation split, when it has one that training does not read: its `splits` entry
+    `validation` (a file, or a hub split name), else `path/validation.<ext>` or `path/dev.<ext>`."""
+    if "validation" in spec.splits:
+        return str(split_file(spec, root, "validation"))
+    if spec.format == "hf":
+        return None
+    train = split_file(spec, root, "train").resolve()
+    for name in VALIDATION_NAMES:
+        file = Path(root) / spec.path / f"{name}.{EXTENSIONS[spec.format]}"
+        if file.is_file() and file.resolve() != train:
+            return str(file)
+    return None
+
+
+def validation_split(spec: DatasetSpec, root: Path, train: Split, labels: list | None, fraction: float,
+                     cache_dir: Path | None = None) -> tuple[Split, Split, str]:
+    """(train, validation, source) for model selection; the validation split never overlaps training or test:
+    - `own`: the data set's own validation split (own_validation_file), up to max_test examples; train as is;
+    - `unused training rows`: rows of the training source that the fixed-seed max_train subsample left out
+      (up to max_test of them, at least `fraction` x train); train as is;
+    - `carved`: else a fixed-seed `fraction` of the training rows, which training then goes without.
+    Validation rows with a label training never sees are left out (no model could predict them)."""
+    want = max(1, round(fraction * len(train)))
+    own = own_validation_file(spec, root)
+    if own:
+        split = load_split(spec, root, "validation", file=own, cache_dir=cache_dir, limit=spec.max_test)
+        return train, _known(split, labels), "own"
+    if spec.max_train:
+        full = load_split(spec, root, "train", cache_dir=cache_dir)
+        # the same permutation load_split subsamples with: its first max_train rows are `train`
+        rest = np.random.default_rng(0).permutation(len(full))[spec.max_train:]
+        rest = rest[:max(want, spec.max_test or 0)]
+        if len(rest) >= want:
+            return train, _known(_take(full, rest), labels), "unused training rows"
+    order = np.random.default_rng(0).permutation(len(train))
+    return _take(train, order[want:]), _known(_take(train, order[:want]), labels), "carved"
+
+
+def _take(split: Split, idx) -> Split:
+    return Split(split.file, [split.texts[i] for i in idx],
+                 [split.texts_b[i] for i in idx] if split.texts_b is not None else None,
+                 [split.labels[i] for i in idx])
+
+
+def _known(split: Split, labels: list | None) -> Split:
+    if labels is None:
+        return split
+    known = set(labels)
+    return _take(split, [i for i, label in enumerate(split.labels) if label in known])

