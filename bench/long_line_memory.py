@@ -25,6 +25,7 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from tokenizers import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
+from harness.tasks import task_type
 from harness import data as D
 from harness.config import DatasetSpec
 root, cut = Path(sys.argv[1]), sys.argv[2] == "cut"
@@ -37,7 +38,7 @@ start = peak_mb()
 spec = DatasetSpec(name="long", task="sentiment", domain="legal", path="long")
 split = D.load_split(spec, root, "train", cache_dir=root / "hf-cache")
 loaded = peak_mb()
-enc = D.encode(tok, split, 128, D.label_set(split, "sentiment"))
+enc = D.encode(tok, split, 128, task_type("sentiment").label_set(split.labels))
 print(f"{start:.0f} {loaded - start:.0f} {peak_mb() - start:.0f} {max(map(len, enc.input_ids))}")
 """
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
+from harness.tasks import task_type
 from harness import cache
 from harness.cache import atomic_dir, cached_encoding, finished_record, fingerprint, is_complete
 
@@ -140,7 +141,7 @@ def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profi
 
     spec = tiny_profile.targets[("classification", "general")]
     split = D.load_split(spec, tiny_profile.data_root, "train", limit=50)
-    labels = D.label_set(split, "classification")
+    labels = task_type("classification").label_set(split.labels)
     tok = tiny_tokenizers[family]
     expected = D.encode(tok, split, 32, labels)
     calls = []

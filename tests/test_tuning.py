@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.tasks import task_type
 from harness import data as D
 from harness.grid import Cell
 from harness.metrics import main_metric, single_class
@@ -76,12 +77,13 @@ def test_plugin_reports_a_bad_search_space_at_collection(tmp_path):
 
 
 def test_profile_spaces_pass_their_own_checks_and_tuning_is_off_only_in_tiny(tiny_profile):
-    from harness.profiles import paper
+    from harness.profiles import PROFILES
 
-    paper_profile = paper(None, Path("."))
+    paper_profile = PROFILES["paper"](None, Path("."))
     for space in (tiny_profile.tuning, paper_profile.tuning):
         assert parse_space(space.describe(), "profile") == space
     assert (tiny_profile.tune, paper_profile.tune) == (False, True)
+    assert paper_profile.tuning.lr == (2e-5, 5e-5) and paper_profile.tuning.epochs == (2, 3, 4)
 
 
 # ---------------------------------------------------------------- selection and convergence
@@ -118,7 +120,7 @@ def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokeni
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
                          limit=64)
-    labels = D.label_set(split, "classification")
+    labels = task_type("classification").label_set(split.labels)
     enc = D.encode(tok, split, 32, labels)
     cfg = dataclasses.replace(tiny_profile.target_train, epochs=2, max_length=32)
     weights, epochs_seen = [], []
