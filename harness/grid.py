@@ -45,3 +45,20 @@ def check_names(kind: str, names, valid) -> None:
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds (3,4,5); None when not given."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected a count (5) or a comma-separated list of seeds (3,4,5)") from None
+    if len(values) == 1 and values[0] < 1:
+        raise ValueError(f"--seeds must be at least 1, got {text}")
+    if len(values) == 1:
+        return list(range(values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise ValueError(f"--seeds {text!r}: seeds must be distinct and not negative")
+    return values

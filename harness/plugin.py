@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import DOMAINS, MODELS, TASKS, Cell, check_names
+from harness.grid import DOMAINS, MODELS, TASKS, Cell, check_names, parse_seeds
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"
@@ -35,7 +35,8 @@ def pytest_addoption(parser):
     group.addoption("--profile", default=None, help="profile naming models, data and hyper-parameters "
                     "(tiny [default], minilm, paper); ini: profile")
     parser.addini("profile", "default --profile", default="tiny")
-    group.addoption("--seeds", type=int, default=None, help="seeds per arm (default: the profile's); ini: seeds")
+    group.addoption("--seeds", default=None, help="seeds per arm: a count N (seeds 0..N-1) or a comma-separated "
+                    "list (3,4,5) (default: the profile's count); ini: seeds")
     parser.addini("seeds", "default --seeds", default="")
     for flag, (name, default, text) in _PATH_OPTIONS.items():
         group.addoption(flag, dest=name, default=None, help=f"{text} (default: {default}); ini: {name}")
@@ -45,6 +46,8 @@ def pytest_addoption(parser):
                         f"{', '.join(valid)}{' and spec domains' if kind == 'domains' else ''})")
     group.addoption("--update-baselines", action="store_true", help="record the cells that ran as baselines")
     group.addoption("--strict-baselines", action="store_true", help="a cell with no baseline fails")
+    group.addoption("--baseline-margin", type=float, default=None, metavar="X", help="smallest change of a gain or "
+                    "main metric that can fail the baseline check (default: harness.baselines.MARGIN)")
     group.addoption("--rerun", action="store_true", help="retrain cells even when a finished record exists")
     group.addoption("--compile", action="store_true", help="train through torch.compile (pays off on GPUs and "
                     "long runs; compiling costs tens of seconds per model shape)")
@@ -64,8 +67,8 @@ class Bench:
     def __init__(self, config):
         self.config = config
         self.profile_name = _setting(config, "profile") or "tiny"
-        seeds = _setting(config, "seeds")
-        self.seeds = int(seeds) if seeds else None
+        seeds = config.getoption("seeds")
+        seeds = seeds if seeds is not None else (config.getini("seeds") or None)
         self.paths = {name: _setting(config, name) for name, *_ in _PATH_OPTIONS.values()}
         self.filters = {}
         self.shard = None
@@ -75,8 +78,7 @@ class Bench:
             check_names("profile", [self.profile_name], PROFILES)
             if config.getoption("shard"):
                 self.shard = parse_shard(config.getoption("shard"))
-            if self.seeds is not None and self.seeds < 1:
-                raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+            self.seeds = parse_seeds(seeds)
             for kind, valid in (("models", MODELS), ("tasks", TASKS), ("domains", None)):
                 raw = config.getoption(kind)
                 if raw:
@@ -87,8 +89,10 @@ class Bench:
             raise pytest.UsageError(str(err)) from None
         self._profile = None
         self._ctx = None
-        from harness.baselines import BaselineError, baseline_path
+        from harness.baselines import MARGIN, BaselineError, baseline_path
         self.baseline_file = baseline_path(self.paths["baselines"], self.profile_name)
+        margin = config.getoption("baseline_margin")
+        self.margin = MARGIN if margin is None else margin
         self._baselines = None
         if config.getoption("update_baselines") or config.getoption("strict_baselines"):
             try:
@@ -136,7 +140,7 @@ class Bench:
             p = self.profile
             torch.set_num_threads(threads_per_worker(p.threads, usable_cores()))
             device = default_device()
-            seeds = list(range(self.seeds or p.seeds))
+            seeds = self.seeds or list(range(p.seeds))
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=seeds, device=device,
                                    rerun=self.config.getoption("rerun"), compile=self.config.getoption("compile"))
@@ -296,12 +300,11 @@ class CellRunner:
         if config.getoption("update_baselines"):
             return
         try:
-            status, message = check(record, self.bench.baselines(), self.bench.baseline_file)
+            result = check(record, self.bench.baselines(), self.bench.baseline_file, self.bench.margin)
         except BaselineError as err:
-            status, message = "unusable", str(err)
-        if status == "unusable":
-            pytest.fail(message, pytrace=False)
-        self.node.user_properties.append((BASELINE_KEY, (record["cell"], status)))
+            pytest.fail(str(err), pytrace=False)
+        status, message = result.status, result.message
+        self.node.user_properties.append((BASELINE_KEY, (record["cell"], status, result.moved, result.note)))
         if status == "changed" or (status != "ok" and config.getoption("strict_baselines")):
             pytest.fail(message + (" (--strict-baselines)" if status != "changed" else ""), pytrace=False)
         if status != "ok":
@@ -309,7 +312,7 @@ class CellRunner:
 
 
 class BaselineWarning(UserWarning):
-    """A cell with no comparable baseline: reported as new, not checked."""
+    """A cell with no baseline: reported as new, not checked."""
 
 
 @pytest.fixture
@@ -321,7 +324,9 @@ def transfer_bench(request) -> CellRunner:
 
 _finished: list[str] = []
 _passed: list[str] = []  # records of cells whose test passed: what --update-baselines records
-_unchecked: dict[str, list[str]] = {}  # baseline status (new, mismatch) -> cell ids, for the summary
+_unchecked: dict[str, list[str]] = {}  # baseline status (new) -> cell ids, for the summary
+_moved: list[list[str]] = []  # weakened / strengthened verdicts: cell, lang, outcome, baseline, now, change
+_notes: dict[str, list[str]] = {}  # note -> cells checked against a baseline of another precision
 
 
 def pytest_runtest_logreport(report):
@@ -330,8 +335,12 @@ def pytest_runtest_logreport(report):
             _finished.append(value)
         if key == RECORD_KEY and report.when == "call" and report.passed and value not in _passed:
             _passed.append(value)
-        if key == BASELINE_KEY and report.when == "call" and value[1] in ("new", "mismatch"):
-            _unchecked.setdefault(value[1], []).append(value[0])
+        if key == BASELINE_KEY and report.when == "call":
+            if value[1] == "new":
+                _unchecked.setdefault(value[1], []).append(value[0])
+            _moved.extend(value[2])
+            if value[3]:
+                _notes.setdefault(value[3], []).append(value[0])
 
 
 _SUMMARY = pytest.StashKey[dict]()
@@ -359,7 +368,8 @@ def pytest_sessionfinish(session):
     written = []
     if records:
         try:
-            written = write_summary(results_dir, records, errors, expected=[Path(p).stem for p in _finished])
+            written = write_summary(results_dir, records, errors, expected=[Path(p).stem for p in _finished],
+                                    moved=sorted(_moved))
         except OSError as err:
             errors.append(f"{results_dir}: summary not written ({err})")
     config.stash[_SUMMARY] = {"records": records, "errors": errors, "written": written}
@@ -385,12 +395,17 @@ def _baseline_summary(terminalreporter, config) -> None:
     file = config.stash[_BENCH].baseline_file
     if _unchecked.get("new"):
         lines.append(f"new (no baseline in {file}): {', '.join(sorted(_unchecked['new']))}")
-    if _unchecked.get("mismatch"):
-        lines.append(f"not compared (baseline of other seeds): {', '.join(sorted(_unchecked['mismatch']))}")
-    if lines:
+    lines += [f"{note} in {file}: {', '.join(sorted(cells))}" for note, cells in sorted(_notes.items())]
+    if _moved or lines:
+        from harness.report import moved_table
+
         terminalreporter.section("transfer-bench baselines")
         for line in lines:
             terminalreporter.write_line(line)
+        if _moved:
+            terminalreporter.write_line(f"verdicts weakened / strengthened without a significant change "
+                                        f"(margin {config.stash[_BENCH].margin:g}); reported, not failed:")
+            terminalreporter.write_line(moved_table(sorted(_moved)))
 
 
 _BASELINE_LINES = pytest.StashKey[list]()

@@ -6,7 +6,12 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
   from the record's `robustness` when it has one, else the difference of the two gains without an interval;
-- cost: seconds and examples/s per phase per cell, and the total.
+- cost: seconds and examples/s per phase per cell, and the total;
+- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
+  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
+  survive a 5% false discovery rate;
+- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
+  without a significant change (passed on by the pytest plugin; reported, not failed).
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
 from __future__ import annotations
@@ -168,17 +173,46 @@ def _cost_total(entries: list[dict]) -> dict:
     return total
 
 
-def summarise(records: list[dict], errors: list[str] = (), expected=()) -> dict:
+FDR = 0.05
+
+
+def significance(records: list[dict]) -> tuple[list[dict], dict]:
+    """Per cell and language: gain, verdict, bootstrap p-value, BH q-value across all gains of these records
+    that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
+    rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
+             "mdc": g.get("mdc"), "q_value": None}
+            for r in sorted(records, key=lambda r: r["cell"]) for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+    tested = [row for row in rows if row["p_value"] is not None]
+    if tested:
+        from harness.stats import q_values
+        for row, q in zip(tested, q_values([row["p_value"] for row in tested])):
+            row["q_value"] = float(q)
+    verdicts = [row for row in tested if row["verdict"] != "neutral"]
+    return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
+                  "survive": sum(row["q_value"] < FDR for row in verdicts)}
+
+
+def fdr_line(fdr: dict) -> str:
+    if not fdr["gains"]:
+        return "no gain carries a p-value: no false discovery rate"
+    return (f"{fdr['survive']} of {fdr['verdicts']} verdicts survive FDR {fdr['level']:.0%} "
+            f"(Benjamini-Hochberg across {fdr['gains']} gains)")
+
+
+def summarise(records: list[dict], errors: list[str] = (), expected=(), moved=()) -> dict:
     """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
 
-    `expected`: cell ids that belong to the grid even without a usable record (shown as missing)."""
+    `expected`: cell ids that belong to the grid even without a usable record (shown as missing); `moved`:
+    rows of verdicts weakened / strengthened against the baseline (cell, language, outcome, baseline, now,
+    change)."""
     by_id = {r["cell"]: r for r in records}
     grid = layout(records, expected)
     metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.metrics: scipy costs a second
     entries = [_cell_entry(m, c["task"], c["domain"], by_id.get(f"{m}-{c['task']}-{c['domain']}"), metric_of)
                for m in grid["models"] for c in grid["columns"]]
     _mark_best(entries, by_id)
-    return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
+    gains, fdr = significance(records)
+    return {"significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id), "cost_total": _cost_total(entries), "errors": list(errors)}
@@ -287,6 +321,26 @@ def robustness_note(summary: dict) -> str:
     return note + "."
 
 
+def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[r["cell"], r["language"], _interval_entry({**r, "source": "record"}), num(r["q_value"]),
+             num(r["mdc"])] for r in summary["significance"]]
+    return ["cell", "language", "gain [95% CI] (verdict)", "q (FDR)", "MDC"], rows
+
+
+def significance_note(summary: dict) -> str:
+    return (f"{fdr_line(summary['fdr'])}. q: the gain's Benjamini-Hochberg q-value across the run's gains (a "
+            f"verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable change, the smallest change "
+            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run; "
+            "a pass rules out changes of that size, not smaller ones.")
+
+
+MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [95% CI]"]
+
+
+def moved_table(moved) -> str:
+    return tabulate([list(m) for m in moved], headers=MOVED_HEADERS, disable_numparse=True)
+
+
 def _header(summary: dict) -> str:
     n = len(summary["cells"])
     return (f"profile {', '.join(summary['profiles']) or '-'}; {summary['cells_present']} of {n} cells present; "
@@ -303,7 +357,10 @@ COST_NOTE = ("Seconds per phase and training / evaluation examples per second; i
 # the tables after the main one: title, rows, note
 SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NOTE),
             ("Robustness to domain shift", robustness_rows, robustness_note),
-            ("Cost", cost_rows, lambda summary: COST_NOTE))
+            ("Cost", cost_rows, lambda summary: COST_NOTE),
+            ("Significance and detectable change", significance_rows, significance_note))
+MOVED_NOTE = ("Verdicts that moved between neutral and positive/negative against the baseline without a "
+              "significant change of the gain: reported, not failed.")
 
 
 def _github(headers: list[str], rows: list[list[str]]) -> str:
@@ -315,6 +372,9 @@ def to_markdown(summary: dict) -> str:
              f"{MAIN_NOTE} in bold.", "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
     for title, rows_of, note_of in SECTIONS:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
+    if summary["baseline_moved"]:
+        parts += ["## Weakened / strengthened against the baseline", "", MOVED_NOTE, "",
+                  _github(MOVED_HEADERS, summary["baseline_moved"]), ""]
     parts += _errors_md(summary)
     return "\n".join(parts).rstrip() + "\n"
 
@@ -377,7 +437,7 @@ def to_latex(summary: dict) -> str:
 
 
 CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
-              "ci_high", "verdict")
+              "ci_high", "verdict", "q_value", "mdc")
 
 
 def _csv_value(x) -> str:
@@ -386,7 +446,7 @@ def _csv_value(x) -> str:
 
 def tidy_rows(summary: dict) -> list[dict]:
     """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
-    rows = []
+    rows, sig = [], {(r["cell"], r["language"]): r for r in summary["significance"]}
     for e in summary["cells"]:
         base = {k: e[k] for k in ("cell", "model", "task", "domain")}
         if e["status"] != "ok":
@@ -397,7 +457,8 @@ def tidy_rows(summary: dict) -> list[dict]:
                 rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
                          for m, v in sorted(e["metrics"][arm][lang].items())]
         rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
-                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"]}
+                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
+                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc")}
                  for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
         rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
     by = _cells_by(summary)
@@ -434,7 +495,8 @@ def terminal_table(records: list[dict]) -> str:
     """The main table for a terminal: one block per task (the full task x domain table is too wide)."""
     summary = summarise(records)
     headers, rows = main_rows(summary)
-    blocks = [f"{_header(summary)}\nentry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"]
+    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n"
+              f"entry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"]
     cols = summary["layout"]["columns"]
     for task in dict.fromkeys(c["task"] for c in cols):
         idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]
@@ -538,9 +600,10 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> list[Path]:
+def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(),
+                  moved=()) -> list[Path]:
     """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
-    summary = summarise(records, errors, expected)
+    summary = summarise(records, errors, expected, moved)
     paths = []
     for fmt in FORMATS:
         path = Path(results_dir) / f"summary.{SUFFIX[fmt]}"

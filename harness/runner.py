@@ -184,13 +184,15 @@ def _throughput(ctx, model, hp, train_enc, test_enc, timings) -> dict:
 def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
     p = ctx.profile
     task, main = cell.task, MAIN_METRIC[cell.task]
-    metrics, per_seed, gains = {}, {}, {}
+    metrics, per_seed, metrics_se, gains = {}, {}, {}, {}
     for arm, by_lang in preds.items():
-        metrics[arm], per_seed[arm] = {}, {}
+        metrics[arm], per_seed[arm], metrics_se[arm] = {}, {}, {}
         for lang, runs in by_lang.items():
             scores = [score(task, test_enc[lang].targets, r) for r in runs]
             per_seed[arm][lang] = {m: [s[m] for s in scores] for m in METRICS[task]}
             metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
+            metrics_se[arm][lang] = {main: stats.metric_se(test_enc[lang].targets, np.stack(runs), main,
+                                                           stats.stream_seed(cell.id, lang, arm))}
     for lang in test_enc:
         data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
         gains[lang] = stats.gain(data, main, stats.stream_seed(cell.id, lang))
@@ -199,7 +201,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
         "schema": SCHEMA_VERSION, "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
         "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
         "language": target.spec.language, "languages": list(test_enc),
-        "metrics": metrics, "metrics_per_seed": per_seed, "gain": gains,
+        "metrics": metrics, "metrics_per_seed": per_seed, "metrics_se": metrics_se, "gain": gains,
         "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
         "data": {"target": {"name": target.spec.name, "train": len(target.train),
                             "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,
