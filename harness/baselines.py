@@ -9,8 +9,10 @@ Format 1 files (no per-seed gains and test-set standard errors) are refused in o
 
 The check (`judge`) tests the change, not the label. For each language of the baseline, the gain and each
 arm's main metric are compared as two independent estimates (harness.stats.change: both runs' seed spreads
-and test-set sampling, Welch's t). A comparison fails when
-- the 95% interval of the change excludes zero and the change is larger than `margin`, or
+and test-set sampling, Welch's t). A cell makes m = 3 x languages such comparisons, so each uses a
+1 - 0.05/m interval (Bonferroni): under no change the whole cell fails at most 5% of the time, not each of its
+comparisons. A comparison fails when
+- that interval of the change excludes zero and the change is larger than `margin`, or
 - the gain's verdict reverses (positive <-> negative, both intervals excluding zero), or
 - the language is missing.
 A verdict that moves between neutral and positive/negative without such a change is `weakened` (positive or
@@ -36,6 +38,7 @@ FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics",
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict", "per_seed", "se_boot")
 ARMS = ("direct", "intermediate")
 MARGIN = 0.02  # default --baseline-margin (README: Verdicts and baselines, calibration)
+ALPHA = 0.05  # chance that a cell with no change fails (all its comparisons together)
 
 
 class BaselineError(Exception):
@@ -166,17 +169,29 @@ def _outcome(change: dict, margin: float) -> str:
     return "fail" if change["significant"] and abs(change["change"]) > margin else "ok"
 
 
+def cell_level(languages: int) -> float:
+    """The interval level of each comparison of a cell with this many languages (Bonferroni)."""
+    return 1 - ALPHA / (len(ARMS) + 1) / languages
+
+
+def detectable(gain: dict, languages: int) -> float:
+    """Minimum detectable change of a gain in a cell with this many languages (harness.stats.detectable)."""
+    return stats.detectable(gain, cell_level(languages))
+
+
 def judge(old: dict, new: dict, margin: float = MARGIN) -> list[dict]:
     """One row per language of `old` and per quantity (the gain, each arm's main metric): `what`, the two
-    values, the `change` (harness.stats.change) and the `outcome`: ok, fail, weakened or strengthened."""
+    values, the `change` (harness.stats.change at `cell_level`) and the `outcome`: ok, fail, weakened or
+    strengthened."""
     rows, main = [], old["main_metric"]
+    level = cell_level(len(old["languages"]))
     for lang in old["languages"]:
         if lang not in new["gain"]:
             rows.append({"language": lang, "what": "language", "old": "present", "new": "missing", "change": None,
                          "outcome": "fail", "why": "missing"})
             continue
         og, ng = old["gain"][lang], new["gain"][lang]
-        c = stats.change(og, ng)
+        c = stats.change(og, ng, level)
         outcome, why = _outcome(c, margin), "significant change"
         if _reversed(og["verdict"], ng["verdict"]):
             outcome, why = "fail", "verdict reversed"
@@ -185,7 +200,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN) -> list[dict]:
         rows.append({"language": lang, "what": "gain", "old": og, "new": ng, "change": c, "outcome": outcome,
                      "why": why if outcome == "fail" else ""})
         for arm in ARMS:
-            c = stats.change(_estimate(old, arm, lang, main), _estimate(new, arm, lang, main))
+            c = stats.change(_estimate(old, arm, lang, main), _estimate(new, arm, lang, main), level)
             rows.append({"language": lang, "what": f"{arm} {main}", "old": old["metrics"][arm][lang][main],
                          "new": new["metrics"][arm][lang][main], "change": c, "outcome": _outcome(c, margin),
                          "why": "significant change" if _outcome(c, margin) == "fail" else ""})
@@ -199,14 +214,14 @@ def value_text(value) -> str:
 
 
 def change_text(c: dict | None) -> str:
-    return "-" if c is None else f"{c['change']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    return "-" if c is None else f"{c['change']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({c['level']:.1%})"
 
 
 def rows_table(rows: list[dict], cell: bool = False) -> str:
     lines = [([r["cell"]] if cell else []) + [r["language"], r["what"], value_text(r["old"]), value_text(r["new"]),
                                               change_text(r["change"]), r["why"] or r["outcome"]] for r in rows]
     return tabulate(lines, headers=(["cell"] if cell else []) + ["lang", "what", "baseline", "now",
-                                                                 "change [95% CI]", "outcome"],
+                                                                 "change [interval]", "outcome"],
                     disable_numparse=True)
 
 

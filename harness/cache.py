@@ -181,6 +181,10 @@ def finished_record(path: Path, config_key: str) -> dict | None:
     if record.get("config_key") != config_key:
         log.info("%s: configuration changed, training the cell again", path)
         return None
+    from harness.baselines import missing_field
+    if missing_field(record):  # written by an older harness: the baseline check needs this field
+        log.info("%s: field '%s' missing (an older harness); training the cell again", path, missing_field(record))
+        return None
     predictions = Path(path).parent.parent / "predictions" / f"{record['cell']}.npz"
     try:
         with np.load(predictions) as z:

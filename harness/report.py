@@ -330,11 +330,11 @@ def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def significance_note(summary: dict) -> str:
     return (f"{fdr_line(summary['fdr'])}. q: the gain's Benjamini-Hochberg q-value across the run's gains (a "
             f"verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable change, the smallest change "
-            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run; "
-            "a pass rules out changes of that size, not smaller ones.")
+            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run "
+            "(no margin); a pass rules out changes of that size, not smaller ones.")
 
 
-MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [95% CI]"]
+MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [interval]"]
 
 
 def moved_table(moved) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from harness import data as D
 from harness import flops, stats
+from harness.baselines import detectable
 from harness.grid import Cell
 from harness.metrics import MAIN_METRIC, METRICS, score
 from harness.cache import atomic_dir, cached_encoding, file_digest, finished_record, fingerprint, tokenizer_digest
@@ -196,6 +197,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta) -> dict:
     for lang in test_enc:
         data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
         gains[lang] = stats.gain(data, main, stats.stream_seed(cell.id, lang))
+        gains[lang]["mdc"] = detectable(gains[lang], len(test_enc))
     inter = p.intermediates[task]
     record = {
         "schema": SCHEMA_VERSION, "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,

@@ -132,8 +132,7 @@ def p_value(samples: np.ndarray) -> float:
 def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
     """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict,
     and what a comparison with another run needs (`change`): the per-seed gains, the bootstrap standard error
-    of the seed mean over test-set resamples (`se_boot`), the bootstrap p-value and the minimum detectable
-    change (`detectable`)."""
+    of the seed mean over test-set resamples (`se_boot`) and the bootstrap p-value."""
     rng = np.random.default_rng(seed)
     per_seed = seed_gains(data, metric)
     resampled = _example_resample(data, metric, rng, n_boot)
@@ -141,7 +140,6 @@ def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float 
     out = interval(replicates, per_seed.mean(), level)
     out.update(per_seed=per_seed.tolist(), se_boot=float(resampled.mean(axis=0).std(ddof=1)),
                p_value=p_value(replicates))
-    out["mdc"] = detectable(out)
     return out
 
 
@@ -201,11 +199,11 @@ def change(old: dict, new: dict, level: float = LEVEL) -> dict:
     se, df = _se_df(_variance(old) + _variance(new))
     diff = float(new["mean"]) - float(old["mean"])
     if se == 0:  # both runs without any spread: only an exact repeat is no change
-        return {"change": diff, "ci_low": diff, "ci_high": diff, "se": 0.0, "df": df,
+        return {"change": diff, "ci_low": diff, "ci_high": diff, "se": 0.0, "df": df, "level": level,
                 "p_value": 1.0 if diff == 0 else 0.0, "significant": diff != 0}
     crit = float(sps.t.ppf(0.5 + level / 2, df))
     p = float(2 * sps.t.sf(abs(diff) / se, df))
-    return {"change": diff, "ci_low": diff - crit * se, "ci_high": diff + crit * se, "se": se, "df": df,
+    return {"change": diff, "ci_low": diff - crit * se, "ci_high": diff + crit * se, "se": se, "df": df, "level": level,
             "p_value": p, "significant": p < 1 - level}
 
 

@@ -10,7 +10,8 @@ import hashlib
 from harness.grid import cells
 from harness.metrics import MAIN_METRIC, METRICS
 from harness.results import SCHEMA_VERSION, record_path, write_record
-from harness.stats import detectable, verdict
+from harness.baselines import detectable
+from harness.stats import verdict
 
 
 def _unit(*parts) -> float:
@@ -38,7 +39,7 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
         g = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half, "verdict": verdict(delta - half, delta + half),
              "per_seed": [delta] * seeds, "se_boot": half / 2}
         p = _unit(cell, lang, "p")
-        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9, "mdc": detectable(g)}
+        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9, "mdc": detectable(g, len(languages))}
     record = {
         "schema": SCHEMA_VERSION, "cell": cell, "profile": profile, "model": f"tiny-{model}", "task": task,
         "domain": domain, "seeds": list(range(seeds)), "main_metric": main, "language": languages[0],
