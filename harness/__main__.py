@@ -52,12 +52,16 @@ def report(args) -> int:
 
 
 def add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="gain changes between two runs (exit 1 when a verdict changed)",
-                       description="Per cell and language: old and new gain, the change with a 95%% interval, "
-                                   "and whether it is significant (see harness/compare.py). Exit status 1 when a "
-                                   "verdict changed, 2 on bad input (including any unreadable record), else 0.")
+    from harness.baselines import MARGIN
+    p = sub.add_parser("compare", help="changes between two runs by the baseline rule (exit 1 when one fails)",
+                       description="Per cell and language: the gain and each arm's main metric on both sides and "
+                                   "the change with its 95%% interval, judged by the rule of the baseline check "
+                                   "(harness/baselines.py): exit status 1 when a change fails by it, 2 on bad "
+                                   "input (including any unreadable record), else 0.")
     p.add_argument("old", type=Path, help="results directory or baseline file (baselines/<profile>.json)")
     p.add_argument("new", type=Path, help="results directory or baseline file")
+    p.add_argument("--baseline-margin", type=float, default=MARGIN, metavar="X",
+                   help=f"smallest change that can fail (default {MARGIN:g}, as pytest --baseline-margin)")
     p.set_defaults(func=compare)
 
 
@@ -71,11 +75,13 @@ def compare(args) -> int:
         return BAD_INPUT
     for line in old_errors + new_errors:
         log.error("%s", line)
-    rows = C.compare(old, new)
-    sys.stdout.write(C.table(rows) + "\n" + C.summary_line(rows) + "\n")
+    rows, notes = C.compare(old, new, args.baseline_margin)
+    for line in notes:
+        log.info("%s", line)
+    sys.stdout.write(C.table(rows) + "\n" + C.summary_line(rows, args.baseline_margin) + "\n")
     if old_errors or new_errors:
         return BAD_INPUT
-    return 1 if any(r.get("verdict_changed") for r in rows) else 0
+    return 1 if C.failed(rows) else 0
 
 
 def add_merge(sub) -> None:

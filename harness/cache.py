@@ -188,6 +188,10 @@ def finished_record(path: Path, config_key: str) -> dict | None:
     if record.get("config_key") != config_key:
         log.info("%s: configuration changed, training the cell again", path)
         return None
+    from harness.baselines import missing_field
+    if missing_field(record):  # written by an older harness: the baseline check needs this field
+        log.info("%s: field '%s' missing (an older harness); training the cell again", path, missing_field(record))
+        return None
     results_dir = Path(path).parent.parent
     try:
         if load_predictions(results_dir, record["cell"]) is None:

@@ -50,3 +50,4 @@ def check_names(kind: str, names, valid) -> None:
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+

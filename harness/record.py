@@ -28,7 +28,7 @@ from harness.grid import ARMS
 
 SCHEMA_VERSION = 1
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
-VERDICTS = ("positive", "negative", "neutral")
+VERDICTS = ("positive", "negative", "neutral", "uninformative")  # uninformative: both arms predict one class
 
 
 class Interval(TypedDict):

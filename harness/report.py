@@ -9,6 +9,11 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   configuration) the difference of the two gains without an interval, and a note why;
 - cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
   behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
+- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
+  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
+  survive a 5% false discovery rate;
+- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
+  without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
@@ -148,30 +153,59 @@ def _cost_total(entries: list[dict]) -> dict:
     return total
 
 
+FDR = 0.05
+
+
+def significance(records: list[dict]) -> tuple[list[dict], dict]:
+    """Per cell and language: gain, verdict, bootstrap p-value, BH q-value across all gains of these records
+    that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
+    rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
+             "mdc": g.get("mdc"), "q_value": None}
+            for r in sorted(records, key=lambda r: r["cell"]) for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+    tested = [row for row in rows if row["p_value"] is not None]
+    if tested:
+        from harness.stats import q_values
+        for row, q in zip(tested, q_values([row["p_value"] for row in tested])):
+            row["q_value"] = float(q)
+    verdicts = [row for row in tested if row["verdict"] != "neutral"]
+    return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
+                  "survive": sum(row["q_value"] < FDR for row in verdicts)}
+
+
+def fdr_line(fdr: dict) -> str:
+    if not fdr["gains"]:
+        return "no gain carries a p-value: no false discovery rate"
+    return (f"{fdr['survive']} of {fdr['verdicts']} verdicts survive FDR {fdr['level']:.0%} "
+            f"(Benjamini-Hochberg across {fdr['gains']} gains)")
+
+
 def summarise(records: list[dict], errors: list[str] = (), expected=(), robustness: dict | None = None,
-              notes: list[str] = ()) -> dict:
+              notes: list[str] = (), moved=()) -> dict:
     """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
 
     `expected`: cell ids that belong to the grid even without a usable record (shown as missing).
     `robustness`, `notes`: harness.analysis.robustness of the records (see `build`); without them every
-    robustness entry is the difference of two gains."""
+    robustness entry is the difference of two gains. `moved`: rows of verdicts weakened / strengthened against
+    the baseline (cell, language, outcome, baseline, now, change)."""
     by_id = {r["cell"]: r for r in records}
     grid = layout(records, expected)
     metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.metrics: scipy costs a second
     entries = [_cell_entry(m, c["task"], c["domain"], by_id.get(f"{m}-{c['task']}-{c['domain']}"), metric_of)
                for m in grid["models"] for c in grid["columns"]]
     _mark_best(entries, by_id)
+    gains, fdr = significance(records)
     return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
+            "significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 
 
-def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> dict:
+def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(), moved=()) -> dict:
     """The summary of `records`, with robustness intervals analysed from the predictions under `results_dir`."""
     intervals, notes = analysis.robustness(results_dir, records)
-    return summarise(records, errors, expected, intervals, notes)
+    return summarise(records, errors, expected, intervals, notes, moved)
 
 
 # ---------------------------------------------------------------- cell text shared by the text formats
@@ -281,6 +315,26 @@ def robustness_note(summary: dict) -> str:
     return note + "."
 
 
+def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[r["cell"], r["language"], _interval_entry({**r, "source": "record"}), num(r["q_value"]),
+             num(r["mdc"])] for r in summary["significance"]]
+    return ["cell", "language", "gain [95% CI] (verdict)", "q (FDR)", "MDC"], rows
+
+
+def significance_note(summary: dict) -> str:
+    return (f"{fdr_line(summary['fdr'])}. q: the gain's Benjamini-Hochberg q-value across the run's gains (a "
+            f"verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable change, the smallest change "
+            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run "
+            "(no margin); a pass rules out changes of that size, not smaller ones.")
+
+
+MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [interval]"]
+
+
+def moved_table(moved) -> str:
+    return tabulate([list(m) for m in moved], headers=MOVED_HEADERS, disable_numparse=True)
+
+
 def _header(summary: dict) -> str:
     n = len(summary["cells"])
     return (f"profile {', '.join(summary['profiles']) or '-'}; {summary['cells_present']} of {n} cells present; "
@@ -300,7 +354,10 @@ COST_NOTE = ("Seconds per phase and training / evaluation examples per second; i
 # the tables after the main one: title, rows, note
 SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NOTE),
             ("Robustness to domain shift", robustness_rows, robustness_note),
-            ("Cost", cost_rows, lambda summary: COST_NOTE))
+            ("Cost", cost_rows, lambda summary: COST_NOTE),
+            ("Significance and detectable change", significance_rows, significance_note))
+MOVED_NOTE = ("Verdicts that moved between neutral and positive/negative against the baseline without a "
+              "significant change of the gain: reported, not failed.")
 
 
 def _github(headers: list[str], rows: list[list[str]]) -> str:
@@ -319,6 +376,9 @@ def to_markdown(summary: dict) -> str:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
         if rows_of is robustness_rows and summary["robustness_notes"]:
             parts += [f"- {n}" for n in summary["robustness_notes"]] + [""]
+    if summary["baseline_moved"]:
+        parts += ["## Weakened / strengthened against the baseline", "", MOVED_NOTE, "",
+                  _github(MOVED_HEADERS, summary["baseline_moved"]), ""]
     parts += _errors_md(summary)
     return "\n".join(parts).rstrip() + "\n"
 
@@ -383,7 +443,7 @@ def to_latex(summary: dict) -> str:
 
 
 CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
-              "ci_high", "verdict")
+              "ci_high", "verdict", "q_value", "mdc")
 
 
 def _csv_value(x) -> str:
@@ -392,7 +452,7 @@ def _csv_value(x) -> str:
 
 def tidy_rows(summary: dict) -> list[dict]:
     """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
-    rows = []
+    rows, sig = [], {(r["cell"], r["language"]): r for r in summary["significance"]}
     for e in summary["cells"]:
         base = {k: e[k] for k in ("cell", "model", "task", "domain")}
         if e["status"] != "ok":
@@ -403,7 +463,8 @@ def tidy_rows(summary: dict) -> list[dict]:
                 rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
                          for m, v in sorted(e["metrics"][arm][lang].items())]
         rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
-                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"]}
+                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
+                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc")}
                  for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
         rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
     by = _cells_by(summary)
@@ -441,7 +502,8 @@ def terminal_table(records: list[dict]) -> str:
     summary = summarise(records)
     headers, rows = main_rows(summary)
     flagged = any(e.get("under_trained") for e in summary["cells"])
-    blocks = [f"{_header(summary)}\nentry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
+    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n"
+              f"entry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
               + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "")]
     cols = summary["layout"]["columns"]
     for task in dict.fromkeys(c["task"] for c in cols):
@@ -537,9 +599,10 @@ def plot(summary: dict, path: Path) -> Path:
     return atomic_write(path, lambda f: figure(summary).savefig(f, format="png"))
 
 
-def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=()) -> list[Path]:
+def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(),
+                  moved=()) -> list[Path]:
     """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
-    summary = build(results_dir, records, errors, expected)
+    summary = build(results_dir, records, errors, expected, moved)
     paths = []
     for fmt in FORMATS:
         paths.append(atomic_write_text(Path(results_dir) / f"summary.{SUFFIX[fmt]}", render(summary, fmt)))

@@ -18,6 +18,7 @@ import torch
 
 from harness import data as D
 from harness import flops, stats, tuning
+from harness.baselines import detectable
 from harness.grid import ARMS, Cell
 from harness.metrics import FUNCTIONS, main_metric, score, single_class
 from harness.cache import atomic_dir, cached_encoding, file_digest, finished_record, fingerprint, tokenizer_digest
@@ -283,16 +284,19 @@ def _throughput(ctx, model, epochs: int, train_enc, test_enc, timings) -> dict:
 def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tuple, key: str) -> dict:
     p = ctx.profile
     task, (main, why) = cell.task, main_why
-    metrics, per_seed, gains = {}, {}, {}
+    metrics, per_seed, metrics_se, gains = {}, {}, {}, {}
     for arm, by_lang in preds.items():
-        metrics[arm], per_seed[arm] = {}, {}
+        metrics[arm], per_seed[arm], metrics_se[arm] = {}, {}, {}
         for lang, runs in by_lang.items():
             scores = [score(task, test_enc[lang].targets, r) for r in runs]
             per_seed[arm][lang] = {m: [s[m] for s in scores] for m in task_type(task).metrics}
             metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
+            metrics_se[arm][lang] = {main: stats.metric_se(test_enc[lang].targets, np.stack(runs), main,
+                                                           stats.stream_seed(cell.id, lang, arm))}
     for lang in test_enc:
         data = stats.arms(test_enc[lang].targets, preds["direct"][lang], preds["intermediate"][lang])
         gains[lang] = stats.gain(data, main, stats.stream_seed(cell.id, lang))
+        gains[lang]["mdc"] = detectable(gains[lang], len(test_enc))
         if target.labels is not None and single_class(preds["direct"][lang] + preds["intermediate"][lang]):
             gains[lang].update(verdict=UNINFORMATIVE, note="both arms predict one and the same class for every "
                                "test example in every seed: the gain says nothing about transfer")
@@ -302,7 +306,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tu
         "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
         "main_metric_reason": why,
         "language": target.spec.language, "languages": list(test_enc),
-        "metrics": metrics, "metrics_per_seed": per_seed, "gain": gains,
+        "metrics": metrics, "metrics_per_seed": per_seed, "metrics_se": metrics_se, "gain": gains,
         "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
         "data": {"target": {"name": target.spec.name, "train": len(target.train),
                             "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,

@@ -16,7 +16,7 @@ from harness.grid import DOMAINS, MODELS, TASKS, Cell, check_names
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"  # user property: the path of the record a cell wrote
-BASELINE_KEY = "transfer_baseline"  # user property: (cell id, baseline status)
+BASELINE_KEY = "transfer_baseline"  # user property: (cell id, baseline status, moved verdicts, precision note)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ OPTIONS = (
     Option("--domains", _names("domains", DOMAINS, " and spec domains")),
     Option("--update-baselines", "record the cells that ran as baselines", switch=True),
     Option("--strict-baselines", "a cell with no baseline fails", switch=True),
+    Option("--baseline-margin", "smallest change of a gain or main metric that can fail the baseline check "
+           "(default: harness.baselines.MARGIN)", metavar="X"),
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model shape)", switch=True),
@@ -150,7 +152,9 @@ class Session:
         # what this process saw of the run (the controller's view under xdist)
         self.finished: list[str] = []  # record paths of cells that ran
         self.passed: list[str] = []  # records of cells whose test passed: what --update-baselines records
-        self.unchecked: dict[str, list[str]] = {}  # baseline status (new, mismatch) -> cell ids
+        self.unchecked: dict[str, list[str]] = {}  # baseline status (new) -> cell ids
+        self.moved: list[list[str]] = []  # weakened / strengthened verdicts: cell, lang, outcome, baseline, now, change
+        self.notes: dict[str, list[str]] = {}  # note -> cells checked against a baseline of another precision
         self.collected: set[str] = set()  # ids of the grid cells selected to run
         self.worker_exits: dict[str, str] = {}  # xdist worker id -> how its process ended, for a crash report
         self.baseline_lines: list[str] = []
@@ -163,11 +167,18 @@ class Session:
             raise pytest.UsageError(str(err)) from None
 
     def _check(self) -> None:
-        from harness.baselines import BaselineError
+        from harness.baselines import MARGIN, BaselineError
         from harness.profiles import PROFILES
 
         config = self.config
         check_names("profile", [self.profile_name], PROFILES)
+        margin = config.getoption("baseline_margin")
+        try:
+            self.margin = MARGIN if margin is None else float(margin)
+        except ValueError:
+            raise ValueError(f"--baseline-margin {margin!r}: expected a number (e.g. 0.05)") from None
+        if not self.margin >= 0:
+            raise ValueError(f"--baseline-margin {margin!r}: must be zero or more")
         raw_seeds = config.getoption("seeds")
         if raw_seeds is None:
             raw_seeds = config.getini("seeds") or None
@@ -272,8 +283,13 @@ class Session:
                 self.finished.append(value)
             if key == RECORD_KEY and report.passed and value not in self.passed:
                 self.passed.append(value)
-            if key == BASELINE_KEY and value[1] in ("new", "mismatch"):
-                self.unchecked.setdefault(value[1], []).append(value[0])
+            if key == BASELINE_KEY:
+                cell, status, moved, note = value
+                if status == "new":
+                    self.unchecked.setdefault(status, []).append(cell)
+                self.moved.extend(moved)
+                if note:
+                    self.notes.setdefault(note, []).append(cell)
 
     def crash_message(self, worker: str, nodeid: str) -> str:
         from harness.selection import cell_of
@@ -303,7 +319,8 @@ class Session:
         written = []
         if records or expected:
             try:
-                written = write_summary(results_dir, records, errors, expected=sorted(expected))
+                written = write_summary(results_dir, records, errors, expected=sorted(expected),
+                                        moved=sorted(self.moved))
             except OSError as err:
                 errors.append(f"{results_dir}: summary not written ({err})")
         self.summary = {"records": records, "errors": errors, "written": written}
@@ -346,8 +363,13 @@ class Session:
         lines = list(self.baseline_lines)
         if self.unchecked.get("new"):
             lines.append(f"new (no baseline in {self.baseline_file}): {', '.join(sorted(self.unchecked['new']))}")
-        if self.unchecked.get("mismatch"):
-            lines.append(f"not compared (baseline of other seeds): {', '.join(sorted(self.unchecked['mismatch']))}")
+        lines += [f"{note} in {self.baseline_file}: {', '.join(sorted(cells))}" for note, cells in sorted(self.notes.items())]
+        if self.moved:
+            from harness.report import moved_table
+
+            lines.append(f"verdicts weakened / strengthened without a significant change (margin {self.margin:g}); "
+                         f"reported, not failed:")
+            lines.append(moved_table(sorted(self.moved)))
         if lines:
             sections.append(("transfer-bench baselines", lines))
         if self.summary is not None:
@@ -363,7 +385,7 @@ class Session:
 
 
 class BaselineWarning(UserWarning):
-    """A cell with no comparable baseline: reported as new, not checked."""
+    """A cell with no baseline: reported as new, not checked."""
 
 
 class CellRunner:
@@ -399,12 +421,11 @@ class CellRunner:
         if config.getoption("update_baselines"):
             return
         try:
-            status, message = check(record, self.session.baselines(), self.session.baseline_file)
+            result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin)
         except BaselineError as err:
-            status, message = "unusable", str(err)
-        if status == "unusable":
-            pytest.fail(message, pytrace=False)
-        self.node.user_properties.append((BASELINE_KEY, (record["cell"], status)))
+            pytest.fail(str(err), pytrace=False)
+        status, message = result.status, result.message
+        self.node.user_properties.append((BASELINE_KEY, (record["cell"], status, result.moved, result.note)))
         if status == "changed" or (status != "ok" and config.getoption("strict_baselines")):
             pytest.fail(message + (" (--strict-baselines)" if status != "changed" else ""), pytrace=False)
         if status != "ok":

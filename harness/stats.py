@@ -19,6 +19,11 @@ scipy's paired percentile bootstrap; tests/test_stats.py checks that the two agr
 
 Random streams are seeded from the cell id and language (`stream_seed`), never from global state, so a
 cell's intervals are the same alone, under xdist and in any order.
+
+Changes between two runs (the baseline check, `python -m harness compare`): `change` tests new - old of two
+estimates, each a seed mean with its per-seed values and the bootstrap standard error of its test-set
+sampling; `detectable` is the smallest change that test catches with 80% power; `q_values` controls the false
+discovery rate across the gains of a run.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import hashlib
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats as sps
 
 from harness.metrics import FUNCTIONS, pearson
 from harness.record import VERDICTS
@@ -115,11 +121,34 @@ def interval(samples: np.ndarray, point: float, level: float = LEVEL) -> dict:
     return {"mean": float(point), "ci_low": float(low), "ci_high": float(high), "verdict": verdict(low, high)}
 
 
+def p_value(samples: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 'the quantity is zero': twice the smaller tail of the replicates beyond
+    zero, counted as (m + 1) / (b + 1) so that it is never 0. Below 1 - LEVEL exactly when the percentile
+    interval excludes zero (up to the interpolation of the percentiles)."""
+    tail = min(np.sum(samples <= 0), np.sum(samples >= 0))
+    return float(min(1.0, 2 * (tail + 1) / (len(samples) + 1)))
+
+
 def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
-    """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict."""
+    """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict,
+    and what a comparison with another run needs (`change`): the per-seed gains, the bootstrap standard error
+    of the seed mean over test-set resamples (`se_boot`) and the bootstrap p-value."""
     rng = np.random.default_rng(seed)
     per_seed = seed_gains(data, metric)
-    return interval(_replicates(per_seed, _example_resample(data, metric, rng, n_boot), rng), per_seed.mean(), level)
+    resampled = _example_resample(data, metric, rng, n_boot)
+    replicates = _replicates(per_seed, resampled, rng)
+    out = interval(replicates, per_seed.mean(), level)
+    out.update(per_seed=per_seed.tolist(), se_boot=float(resampled.mean(axis=0).std(ddof=1)),
+               p_value=p_value(replicates))
+    return out
+
+
+def metric_se(y_true, pred: np.ndarray, metric: str, seed: int, n_boot: int = N_BOOT) -> float:
+    """Bootstrap standard error, over test-set resamples, of one arm's metric averaged over seeds (pred: (seeds, n))."""
+    y_true, pred = np.asarray(y_true), np.atleast_2d(np.asarray(pred))
+    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    score = _scorer(metric, y_true, idx)
+    return float(np.mean([score(p) for p in pred], axis=0).std(ddof=1))
 
 
 def robustness(general: Arms, shifted: Arms, metric: str, seed: int, n_boot: int = N_BOOT,
@@ -135,3 +164,59 @@ def robustness(general: Arms, shifted: Arms, metric: str, seed: int, n_boot: int
     per_seed = seed_gains(shifted, metric) - seed_gains(general, metric)
     resampled = _example_resample(shifted, metric, rng, n_boot) - _example_resample(general, metric, rng, n_boot)
     return interval(_replicates(per_seed, resampled, rng), per_seed.mean(), level)
+
+
+# ---------------------------------------------------------------- changes between runs
+
+POWER = 0.8
+
+
+def _variance(estimate: dict) -> list[tuple[float, float]]:
+    """(variance, degrees of freedom) of a seed mean: test-set sampling (bootstrap, taken as known) and, with
+    two or more seeds, seed variance s^2 / k on k - 1 degrees of freedom."""
+    terms = [(float(estimate["se_boot"]) ** 2, np.inf)]
+    k = len(estimate["per_seed"])
+    if k > 1:
+        terms.append((float(np.var(estimate["per_seed"], ddof=1)) / k, k - 1))
+    return terms
+
+
+def _se_df(terms: list[tuple[float, float]]) -> tuple[float, float]:
+    """Standard error of a sum of independent terms and its Welch-Satterthwaite degrees of freedom."""
+    total = sum(v for v, _ in terms)
+    weight = sum(v * v / df for v, df in terms if np.isfinite(df))
+    return float(np.sqrt(total)), float(total * total / weight) if weight > 0 else np.inf
+
+
+def change(old: dict, new: dict, level: float = LEVEL) -> dict:
+    """new - old of two estimates (each `mean`, `per_seed`, `se_boot`) with a `level` interval and p-value.
+
+    The runs are taken as independent: the variance of the difference is the sum of both runs' seed variance
+    of the mean (s^2 / k) and test-set sampling (se_boot^2), and the interval is Welch's t with
+    Satterthwaite's degrees of freedom. Two runs scored on the same test set share its sampling, so counting
+    it twice errs wide: under no change the test fails less often than 1 - level (tests/test_change.py).
+    """
+    se, df = _se_df(_variance(old) + _variance(new))
+    diff = float(new["mean"]) - float(old["mean"])
+    if se == 0:  # both runs without any spread: only an exact repeat is no change
+        return {"change": diff, "ci_low": diff, "ci_high": diff, "se": 0.0, "df": df, "level": level,
+                "p_value": 1.0 if diff == 0 else 0.0, "significant": diff != 0}
+    crit = float(sps.t.ppf(0.5 + level / 2, df))
+    p = float(2 * sps.t.sf(abs(diff) / se, df))
+    return {"change": diff, "ci_low": diff - crit * se, "ci_high": diff + crit * se, "se": se, "df": df, "level": level,
+            "p_value": p, "significant": p < 1 - level}
+
+
+def detectable(estimate: dict, level: float = LEVEL, power: float = POWER) -> float:
+    """Minimum detectable change: the smallest true change of this estimate that `change` finds with
+    probability `power`, when the other run is as noisy as this one: (t_{(1+level)/2} + t_power) * se of the
+    difference (the normal approximation of the power of a t test, on Satterthwaite's degrees of freedom)."""
+    se, df = _se_df(_variance(estimate) * 2)
+    return float((sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * se)
+
+
+def q_values(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: a verdict with q < 0.05 belongs to a set of verdicts of which at
+    most 5% are expected to be false discoveries."""
+    p = np.asarray(p_values, dtype=float)
+    return sps.false_discovery_control(p, method="bh") if p.size else p

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from recordgen import golden_records, tiny_grid_records, write_golden_predictions, write_records
 
+from harness import baselines
 from harness import compare as C
 from harness import report
 from harness.__main__ import main
@@ -72,23 +73,35 @@ def test_report_names_bad_records_and_reports_the_rest(run_dir, caplog, capsys):
 def test_compare_identical_runs_exits_0(run_dir, capsys):
     assert main(["compare", str(run_dir), str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "CHANGED" not in out and "0 verdict(s) changed" in out
+    assert out.rstrip().splitlines()[-1].startswith("0 failed by the baseline rule (margin 0.02), 0 weakened")
 
 
-def test_compare_exits_1_when_a_verdict_changes(tmp_path, capsys):
+def test_compare_exits_1_when_a_change_fails_by_the_baseline_rule(tmp_path, capsys):
     write_records(tmp_path / "old", tiny_grid_records())
     write_records(tmp_path / "new", tiny_grid_records(shift=0.2))
     assert main(["compare", str(tmp_path / "old"), str(tmp_path / "new")]) == 1
     out = capsys.readouterr().out
-    assert "CHANGED" in out and out.rstrip().endswith("0 only on one side")
+    assert "significant change" in out and out.rstrip().endswith("0 only on one side")
+    main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--baseline-margin", "0.3"])
+    out = capsys.readouterr().out  # only reversed verdicts fail when every change is below the margin
+    assert "significant change" not in out and "verdict reversed" in out
+
+
+def test_compare_and_the_check_agree(tmp_path):
+    """The same rule: a pair fails in `compare` exactly when the baseline check fails the cell."""
+    old, new = tiny_grid_records(), tiny_grid_records(shift=0.1)
+    write_records(tmp_path / "old", old)
+    write_records(tmp_path / "new", new)
+    rows, _ = C.compare(*(C.load_source(tmp_path / side)[0] for side in ("old", "new")))
+    failed_pairs = {r["cell"] for r in rows if r["outcome"] == "fail"}
+    checked = {r["cell"] for r in new if baselines.check(
+        r, {o["cell"]: {"cpu-fp32": baselines.entry(o)} for o in old}, tmp_path / "b.json").status == "changed"}
+    assert failed_pairs == checked and 0 < len(checked) < len(new)
 
 
 def test_compare_accepts_a_baseline_file(run_dir, tmp_path, capsys):
-    keep = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "gain", "env")
-    baseline = {"schema": 1, "profile": "tiny",
-                "cells": {r["cell"]: {k: r[k] for k in keep} for r in golden_records()}}
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(baseline), encoding="utf-8")
+    baselines.update(path, "tiny", golden_records())
     assert main(["compare", str(path), str(run_dir)]) == 0
     assert main(["compare", str(run_dir), str(path)]) == 0
     assert "+0.000 [" in capsys.readouterr().out
@@ -101,8 +114,9 @@ def test_compare_reports_cells_on_one_side_only(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [("{ broken", "not valid JSON"),
-                                              ('{"schema": 2, "cells": {}}', "schema version 2"),
-                                              ('{"schema": 1}', "not a baseline file")])
+                                              ('{"schema": 3, "cells": {}}', "baseline format 3"),
+                                              ('{"schema": 1, "cells": {}}', "baseline format 1 lacks"),
+                                              ('{"schema": 2}', "not a baseline file")])
 def test_compare_bad_baseline_exits_2_naming_the_file(run_dir, tmp_path, caplog, content, message):
     path = tmp_path / "base.json"
     path.write_text(content, encoding="utf-8")
@@ -124,18 +138,12 @@ def test_compare_with_an_unreadable_record_still_compares_but_exits_2(run_dir, t
     assert "bert-classification-general" in capsys.readouterr().out
 
 
-def test_change_interval_from_two_intervals():
-    z = C.Z
-    old = {"mean": 0.0, "ci_low": -0.1, "ci_high": 0.1, "verdict": "neutral"}
-    far = {"mean": 0.2, "ci_low": 0.1, "ci_high": 0.3, "verdict": "positive"}
-    near = {"mean": 0.1, "ci_low": 0.0, "ci_high": 0.2, "verdict": "neutral"}
-    result = C.change(old, far)
-    se = (0.1 / z) * 2 ** 0.5
-    assert result["change"] == pytest.approx(0.2)
-    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.2 - z * se, 0.2 + z * se))
-    assert result["significant"] and not C.change(old, near)["significant"]
-    point = {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "verdict": "neutral"}
-    assert C.change(point, {**point, "mean": 0.01})["significant"]
+def test_compare_names_a_record_of_an_older_harness(run_dir, tmp_path, caplog):
+    records = golden_records()
+    del records[0]["metrics_se"]
+    write_records(tmp_path / "new", records)
+    assert main(["compare", str(run_dir), str(tmp_path / "new")]) == 2
+    assert f"{records[0]['cell']}.json: field 'metrics_se' missing" in errors(caplog)[0]
 
 
 def test_module_entry_point_runs(run_dir):

@@ -7,7 +7,8 @@ the intermediate training set of TASK has shuffled labels. Three cells of two mo
 - reversed: the cells in reverse order, serially, fresh cache, --strict-baselines;
 - alone: the legal cell by itself, fresh cache, --strict-baselines;
 - degraded: the cells with the classification intermediate set's labels shuffled, checked against the baseline:
-  the classification cell must fail with a table of what changed and the sentiment cells must pass.
+  the classification cell must fail with a table of what changed and the sentiment cells must pass. This is
+  the power case of the baseline rule on a real regression (README: Verdicts and baselines).
 Further runs reuse the recorded results (finished records are not trained again) to check what happens with
 no baseline, with --strict-baselines, and with a corrupt baseline file.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import FLOOR, baseline_path
+from harness.baselines import baseline_path
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFICATION, GENERAL, SHIFTED = "bert-classification-general", "bert-sentiment-general", "bert-sentiment-legal"
@@ -90,7 +91,9 @@ def test_update_records_exactly_the_cells_that_ran(baselines, recorded):
     assert data["profile"] == "regress" and sorted(data["cells"]) == sorted(CELLS)
     for cell in CELLS:
         rec = record(recorded, cell)
-        assert data["cells"][cell] == {k: rec[k] for k in data["cells"][cell]}
+        entry = data["cells"][cell]["cpu-fp32"]
+        assert {k: entry[k] for k in entry if k not in ("device", "precision")} == {k: rec[k] for k in entry
+                                                                                     if k in rec}
 
 
 def summary_robustness(results: Path, cell: str) -> dict:
@@ -157,12 +160,13 @@ def test_check_fails_the_degraded_cell_and_passes_the_others(tmp_path, baselines
     assert outcomes(output) == {CLASSIFICATION: "FAILED", GENERAL: "PASSED", SHIFTED: "PASSED"}, output
     was, now = record(recorded, CLASSIFICATION), record(out, CLASSIFICATION)
     drop = was["metrics"]["intermediate"]["en"]["accuracy"] - now["metrics"]["intermediate"]["en"]["accuracy"]
-    assert drop > FLOOR  # the shuffled labels really hurt the intermediate arm
-    table = re.search(rf"{CLASSIFICATION}: differs from \S+regress\.json\n(.*?)\n(?:-+ Captured|=+ )", output, re.S)
+    assert drop > 0.05  # the shuffled labels really hurt the intermediate arm
+    table = re.search(rf"{CLASSIFICATION}: differs from \S+regress\.json \(margin 0.02\)\n(.*?)\n(?:-+ Captured|=+ )",
+                      output, re.S)
     assert table, output
     rows = table[1].splitlines()
-    assert rows[0].split() == ["lang", "what", "baseline", "now", "allowed"]
-    assert any(r.split()[:3] == ["en", "intermediate", "accuracy"] for r in rows[2:]), table[1]
+    assert rows[0].split() == ["lang", "what", "baseline", "now", "change", "[interval]", "outcome"]
+    assert any(r.split()[:2] in (["en", "gain"], ["en", "intermediate"]) for r in rows[2:]), table[1]
     for cell in (GENERAL, SHIFTED):
         assert {k: record(out, cell)[k] for k in NUMBERS} == {k: record(recorded, cell)[k] for k in NUMBERS}
 
