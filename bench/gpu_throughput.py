@@ -189,11 +189,11 @@ def table(rows: list[dict]) -> str:
     head = f"| {'setting':<24} | batch | epoch | {'ex/s':>8} | {'MFU':>6} | peak GiB | compiles | Trainer ex/s | " \
            "ratio to Trainer |"
     lines = [head, "|" + "|".join("-" * (len(c) + 2) for c in head.strip("| ").split(" | ")) + "|"]
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec, width: ("-" if v is None else format(v, spec)).rjust(width)  # noqa: E731
     for r in rows:
         lines.append(f"| {r['setting']:<24} | {r['batch_size']:>5} | {r['epoch']:>5} | {r['examples_per_s']:>8.1f} | "
-                     f"{100 * r['mfu']:>5.1f}% | {fmt(r['peak_memory_gib'], '>8.2f')} | {fmt(r['compiles'], '>8')} | "
-                     f"{fmt(r['trainer_examples_per_s'], '>12.1f')} | {fmt(r['ratio_to_trainer'], '>16.2f')} |")
+                     f"{100 * r['mfu']:>5.1f}% | {fmt(r['peak_memory_gib'], '.2f', 8)} | {fmt(r['compiles'], 'd', 8)} | "
+                     f"{fmt(r['trainer_examples_per_s'], '.1f', 12)} | {fmt(r['ratio_to_trainer'], '.2f', 16)} |")
     return "\n".join(lines)
 
 

@@ -118,9 +118,10 @@ def for_model(model, device, widths: list[int], batch_size: int, env=os.environ)
     key = (str(device), str(dtype), heads, config.hidden_size // heads)
     if key not in _chosen:
         shapes = probe_widths(widths)
-        run = attention_step(device, dtype, batch_size, heads, key[3], shapes)
-        run("math", shapes[0])  # warm-up: allocator, kernels of the test inputs
-        _chosen[key], seconds = fastest(CANDIDATES, shapes, run)
+        with torch.inference_mode(False), torch.enable_grad():  # predict() may be the first to ask
+            run = attention_step(device, dtype, batch_size, heads, key[3], shapes)
+            run("math", shapes[0])  # warm-up: allocator, kernels of the test inputs
+            _chosen[key], seconds = fastest(CANDIDATES, shapes, run)
         log.info("SDPA backends %s chosen for %s (probe over widths %s: %s)", _chosen[key], key, shapes,
                  ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()))
     return Backends(_chosen[key])

@@ -120,6 +120,27 @@ def test_probe_runs_real_attention_on_cpu():
     assert set(seconds) == {"flash,math", "math"} and best in seconds
 
 
+def test_probe_on_cuda_is_run_once_and_noted(tiny_profile, tiny_tokenizers, monkeypatch):
+    """for_model on a "cuda" device (the probe's work itself on CPU): it probes once per head shape, also when
+    prediction (under inference_mode) asks first, and the record's env names the choice."""
+    tok = tiny_tokenizers["bert"]
+    model = build_model(tiny_profile.models["bert"], tok, 2, 16, 0)
+    calls, real_step = [], attention.attention_step
+
+    def step(device, dtype, batch, heads, head_dim, widths):
+        calls.append(widths)
+        return real_step("cpu", dtype, batch, heads, head_dim, widths)
+
+    monkeypatch.setattr(attention, "attention_step", step)
+    monkeypatch.setattr(attention, "_chosen", {})
+    with torch.inference_mode():
+        chosen = attention.for_model(model, "cuda:7", list(range(4, 68, 4)), 4, {})
+    assert chosen.names in attention.CANDIDATES
+    assert calls == [attention.probe_widths(list(range(4, 68, 4)))] and len(calls[0]) <= attention.PROBE_WIDTHS
+    assert attention.for_model(model, "cuda:7", [16], 64, {}).names == chosen.names and len(calls) == 1
+    assert attention.describe("cuda:7", {}) == chosen.names and attention.describe("cuda:0", {}) == "torch default"
+
+
 def test_sdpa_choice_by_device_model_and_override(tiny_profile, tiny_tokenizers):
     tok = tiny_tokenizers["bert"]
     model = build_model(tiny_profile.models["bert"], tok, 2, 16, 0)
