@@ -47,7 +47,7 @@ def pytest_addoption(parser):
     group.addoption("--strict-baselines", action="store_true", help="a cell with no baseline fails")
     group.addoption("--rerun", action="store_true", help="retrain cells even when a finished record exists")
     group.addoption("--compile", action="store_true", help="train through torch.compile (pays off on GPUs and "
-                    "long runs; compiling costs tens of seconds per model shape)")
+                    "long runs; compiling costs tens of seconds per model and shape bucket)")
     group.addoption("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based): a deterministic "
                     "share of the selected cells, model-task groups kept together (one Slurm array task each; "
                     "combine with `python -m harness merge`)")
