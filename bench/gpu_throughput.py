@@ -18,7 +18,9 @@ batch size; its batch sizes run one after the other in that process. Settings:
 - compile (with --compile; minutes, not seconds): b16 with compiled steps, one graph per bucket;
 - trainer: Trainer (bf16 where the harness uses it, SDPA, dynamic padding), one trainer.train() per epoch.
 MFU counts real tokens only (harness.flops) against the data-sheet dense peak of the precision in use. After the
-table, the top kernels of a few training steps of b16 at the largest batch size (what limits MFU).
+table, the top kernels of a few training steps of b16 at the largest batch size (what limits MFU). The settings
+that leave them alone take TRANSFER_BENCH_SDPA / TRANSFER_BENCH_BUCKETS from the caller, e.g.
+`TRANSFER_BENCH_SDPA=flash,efficient,math python bench/gpu_throughput.py --settings b16,trainer`.
 """
 from __future__ import annotations
 
