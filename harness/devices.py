@@ -93,10 +93,14 @@ def cpu_name() -> str:
 
 
 def device_info(device: str) -> dict:
-    """What a record notes about where it ran: device, its name, precision, worker and visible GPUs."""
+    """What a record notes about where it ran: device, its name, precision, batch widths (shape buckets), SDPA
+    backends, worker and visible GPUs."""
     import torch
+
+    from harness import attention, buckets
 
     name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else cpu_name()
     return {"device": str(device), "device_name": name, "precision": precision(device),
+            "batch_widths": buckets.for_device(device, None).describe(), "sdpa_backends": attention.describe(device),
             "xdist_worker": os.environ.get("PYTEST_XDIST_WORKER"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -27,14 +27,17 @@ from harness.tasks import task_type
 
 
 def to_dataset(data: Encoded, with_labels: bool = True):
-    """An in-memory `datasets.Dataset` of the already tokenised examples (Trainer's input)."""
-    import datasets
-
+    """An in-memory `datasets.Dataset` of the already tokenised examples (Trainer's input); where `datasets` is
+    not installed (bench/gpu_throughput.py on a bare GPU machine), a list of example dicts, which Trainer also takes."""
     columns = {"input_ids": [x.tolist() for x in data.input_ids]}
     if data.token_type_ids is not None:
         columns["token_type_ids"] = [x.tolist() for x in data.token_type_ids]
     if with_labels:
         columns["labels"] = data.targets.tolist()
+    try:
+        import datasets
+    except ImportError:
+        return [dict(zip(columns, row)) for row in zip(*columns.values())]
     return datasets.Dataset.from_dict(columns)
 
 

@@ -60,7 +60,7 @@ OPTIONS = (
            "(default: harness.baselines.MARGIN)", metavar="X"),
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
-           "seconds per model shape)", switch=True),
+           "seconds per model and shape bucket)", switch=True),
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
            "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),

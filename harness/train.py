@@ -10,7 +10,9 @@ Fast where it matters, without changing what is computed (on CPU a seed gives th
 - prediction under inference_mode, in length-sorted batches of up to `batch_size` examples that hold about
   `batch_size` x mean-length tokens (long examples go in smaller batches: padding costs as much as real tokens);
 - on CUDA: bf16 autocast where the device supports it (devices.precision), pinned host memory with non-blocking
-  copies; `compile=True` (pytest --compile) runs the model through torch.compile.
+  copies, batch widths rounded up to a few shape buckets (harness.buckets; CPU keeps exact widths), the SDPA
+  backends chosen by a probe (harness.attention), large evaluation batches; `compile=True` (pytest --compile)
+  compiles the step once per bucket (harness.compiled).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness import attention, buckets
+from harness.compiled import CompiledSteps
 from harness.data import Encoded
 from harness.devices import precision
 from harness.config import TrainConfig
@@ -41,29 +45,32 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list:
+def eval_batches(lengths: np.ndarray, batch_size: int, width=int) -> list:
     """Indices sorted by length, cut into batches of at most `batch_size` examples and `batch_size` x mean
-    length padded tokens."""
+    length padded tokens (a batch is padded to `width(its longest length)`)."""
     order = np.argsort(lengths, kind="stable")
     budget = batch_size * max(1.0, float(lengths.mean())) if len(lengths) else 0.0
     batches, start = [], 0
     while start < len(order):
         end = start + 1
-        while end < len(order) and end - start < batch_size and (end + 1 - start) * lengths[order[end]] <= budget:
+        while (end < len(order) and end - start < batch_size
+               and (end + 1 - start) * width(lengths[order[end]]) <= budget):
             end += 1
         batches.append(order[start:end])
         start = end
     return batches
 
 
-def collate(data: Encoded, idx, pad_id: int, left_pad: bool, device, with_labels: bool = False) -> dict:
-    """The examples `idx` padded to the longest of them, as tensors on `device` (labels too if asked).
+def collate(data: Encoded, idx, pad_id: int, left_pad: bool, device, with_labels: bool = False,
+            shapes: buckets.Buckets = buckets.Buckets()) -> dict:
+    """The examples `idx` padded to the longest of them (rounded up to `shapes`' bucket), as tensors on `device`
+    (labels too if asked).
 
     A batch whose examples all have the same length (length grouping makes many of them so) gets no attention
     mask: the model then skips the masking work (and SDPA may pick a mask-free kernel); on CPU the numbers are
     the same bit for bit."""
     seqs = [data.input_ids[i] for i in idx]
-    width = max(len(s) for s in seqs)
+    width = shapes.width(max(len(s) for s in seqs))
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     types = np.zeros((len(seqs), width), dtype=np.int64) if data.token_type_ids is not None else None
@@ -106,9 +113,10 @@ def _quiet() -> bool:
 
 
 def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int, left_pad: bool,
-          desc: str = "train", compile: bool = False, on_epoch=None) -> dict:
+          desc: str = "train", compile: bool | str = False, on_epoch=None) -> dict:
     """Fine-tune all weights with AdamW and linear warm-up/decay. Returns timings and the loss curve.
 
+    `compile`: True compiles the step with inductor, a string with that torch.compile backend.
     `on_epoch(epoch)`, when given, is called after each epoch (1-based), e.g. to score a validation split
     (harness.tuning); its time is returned as `callback_seconds` and is not part of `seconds`."""
     from transformers import get_linear_schedule_with_warmup
@@ -116,7 +124,10 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device).train()
-    forward = torch.compile(model, dynamic=True) if compile else model
+    shapes = buckets.for_device(device, cfg.max_length)
+    sdpa = attention.for_model(model, device, shapes.widths(), cfg.batch_size)
+    forward = CompiledSteps(model, cfg.batch_size, len(shapes.widths()),
+                            compile if isinstance(compile, str) else "inductor") if compile else model
     lengths = lengths_of(data)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -129,8 +140,8 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     bar = tqdm(total=steps, desc=desc, disable=_quiet(), leave=False)
     for epoch in range(cfg.epochs):
         for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-            batch = collate(data, idx, pad_id, left_pad, device, with_labels=True)
-            with amp:
+            batch = collate(data, idx, pad_id, left_pad, device, with_labels=True, shapes=shapes)
+            with amp, sdpa:
                 loss = forward(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
@@ -149,19 +160,24 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     curve = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)  # the loop's only sync
     seconds = time.perf_counter() - start - hooked
     return {"seconds": seconds, "examples": seen, "examples_per_s": seen / max(seconds, 1e-9),
-            "callback_seconds": hooked, "steps": steps, "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
+            "callback_seconds": hooked, "steps": steps, "compiles": forward.compiles if compile else 0,
+            "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
             "loss_last": float(curve[-5:].mean()) if len(curve) else math.nan}
 
 
 @torch.inference_mode()
 def predict(model, data: Encoded, batch_size: int, device, pad_id: int, left_pad: bool) -> np.ndarray:
-    """Class ids (or regression scores) in the order of `data`; batches sorted by length."""
+    """Class ids (or regression scores) in the order of `data`; batches sorted by length (on a GPU, large and
+    bucketed)."""
     model.to(device).eval()
-    batches = eval_batches(lengths_of(data), batch_size)
-    out, amp = [], autocast(device)
+    lengths = lengths_of(data)
+    shapes = buckets.for_device(device, int(lengths.max()) if len(lengths) else None)
+    size = buckets.eval_batch_size(device, batch_size)
+    batches = eval_batches(lengths, size, shapes.width)
+    out, amp, sdpa = [], autocast(device), attention.for_model(model, device, shapes.widths(), size)
     for idx in batches:
-        with amp:
-            logits = model(**collate(data, idx, pad_id, left_pad, device)).logits
+        with amp, sdpa:
+            logits = model(**collate(data, idx, pad_id, left_pad, device, shapes=shapes)).logits
         out.append(logits.squeeze(-1).float() if logits.shape[-1] == 1 else logits.argmax(-1))
     preds = torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
     result = np.empty_like(preds)
