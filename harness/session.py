@@ -292,13 +292,15 @@ class Session:
                     self.notes.setdefault(note, []).append(cell)
 
     def crash_message(self, worker: str, nodeid: str) -> str:
+        """The failure of the test an xdist worker died in: the cell, the worker and how its process ended."""
         from harness.selection import cell_of
 
         cell = cell_of(nodeid)
-        what = f"cell {cell.id}" if cell else nodeid
-        return (f"{what}: worker {worker} {self.worker_exits.get(worker, 'crashed')} while running it (out of "
-                f"memory, a segmentation fault or a kill); the other cells went on. Finished records are kept: run "
-                f"the same command again to retry the cells without one.")
+        ended = f"worker {worker} {self.worker_exits.get(worker, 'crashed')} while running it"
+        if cell is None:
+            return f"{nodeid}: {ended}"
+        return (f"cell {cell.id}: {ended} (out of memory, a segmentation fault or a kill); the other cells went on. "
+                f"Finished records are kept: run the same command again to retry the cells without one.")
 
     # ------------------------------------------------------------ end of run
 
