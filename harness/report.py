@@ -181,7 +181,8 @@ def significance(records: list[dict]) -> tuple[list[dict], dict]:
     that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
     rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
              "mdc": g.get("mdc"), "q_value": None}
-            for r in sorted(records, key=lambda r: r["cell"]) for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+            for r in sorted(records, key=lambda r: r["cell"])
+            for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
     tested = [row for row in rows if row["p_value"] is not None]
     if tested:
         from harness.stats import q_values
@@ -212,10 +213,11 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), moved=()
                for m in grid["models"] for c in grid["columns"]]
     _mark_best(entries, by_id)
     gains, fdr = significance(records)
-    return {"significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],"schema": 1, "profiles": sorted({r["profile"] for r in records}),
+    return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
-            "robustness": _robustness(grid, by_id), "cost_total": _cost_total(entries), "errors": list(errors)}
+            "robustness": _robustness(grid, by_id), "cost_total": _cost_total(entries), "errors": list(errors),
+            "significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved]}
 
 
 # ---------------------------------------------------------------- cell text shared by the text formats
