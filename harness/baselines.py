@@ -151,7 +151,8 @@ def pick(entries: dict, record: dict) -> tuple[dict, str | None]:
     if same:
         return entries[same[0]], None
     key = sorted(entries)[0]
-    return entries[key], f"no {precision} baseline, checked against the {entries[key]['device']} {entries[key]['precision']} one"
+    other = entries[key]
+    return other, f"no {precision} baseline, checked against the {other['device']} {other['precision']} one"
 
 
 # ---------------------------------------------------------------- the rule

@@ -161,7 +161,8 @@ def significance(records: list[dict]) -> tuple[list[dict], dict]:
     that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
     rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
              "mdc": g.get("mdc"), "q_value": None}
-            for r in sorted(records, key=lambda r: r["cell"]) for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+            for r in sorted(records, key=lambda r: r["cell"])
+            for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
     tested = [row for row in rows if row["p_value"] is not None]
     if tested:
         from harness.stats import q_values

@@ -38,14 +38,16 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
             metrics[arm][lang] = {m: value - 0.0078125 * k for k, m in enumerate(task_type(task).metrics)}
             per_seed[arm][lang] = {m: [v] * seeds for m, v in metrics[arm][lang].items()}
             metrics_se[arm][lang] = {main: 0.03125}
-        g = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half, "verdict": verdict(delta - half, delta + half),
-             "per_seed": [delta] * seeds, "se_boot": half / 2}
-        p = _unit(cell, lang, "p")
-        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9, "mdc": detectable(g, len(languages))}
+        g = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half,
+             "verdict": verdict(delta - half, delta + half), "per_seed": [delta] * seeds, "se_boot": half / 2}
+        p = _unit(cell, lang, "p")  # a bootstrap p-value in keeping with the verdict
+        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9,
+                      "mdc": detectable(g, len(languages))}
     record = {
         "schema": SCHEMA_VERSION, "cell": cell, "profile": profile, "model": f"tiny-{model}", "task": task,
         "domain": domain, "seeds": list(range(seeds)), "main_metric": main, "language": languages[0],
-        "languages": list(languages), "metrics": metrics, "metrics_per_seed": per_seed, "metrics_se": metrics_se, "gain": gain,
+        "languages": list(languages), "metrics": metrics, "metrics_per_seed": per_seed, "metrics_se": metrics_se,
+        "gain": gain,
         "intermediate_key": f"key-{model}-{task}",
         "intermediate": [{"seed": s, "key": f"key-{model}-{task}", "trained_here": domain == "general",
                           "seconds": 4.0 if domain == "general" else 0.0, "examples_per_s": 640.0, "examples": 2560}
