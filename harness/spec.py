@@ -39,7 +39,6 @@ import tomllib
 from pathlib import Path
 
 from harness.grid import MODELS, TASKS
-from harness.metrics import METRICS
 from harness.profiles import DatasetSpec, ModelSpec, Profile
 from harness.tuning import TuningError, parse_space
 
@@ -148,6 +147,8 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     for split in tables["splits"]:
         if split not in ("train", "validation", "test"):
             fail(f"splits.{split}", "unknown split (valid: train, validation, test)")
+    from harness.metrics import METRICS  # here: scipy, which metrics imports, costs a second at collection
+
     if "main_metric" in entry and entry["main_metric"] not in METRICS[task]:
         fail("main_metric", f"unknown metric {entry['main_metric']!r} for {task} (valid: {', '.join(METRICS[task])})")
     if entry.get("language", "en") in tables["cross_lingual"]:
