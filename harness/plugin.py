@@ -138,13 +138,14 @@ class Bench:
             from harness.devices import default_device, threads_per_worker, usable_cores
             from harness.runner import RunContext
             p = self.profile
+            tune = self.config.getoption("tune")  # --tune / --no-tune; None: the profile's default
             torch.set_num_threads(threads_per_worker(p.threads, usable_cores()))
             device = default_device()
             seeds = list(range(self.seeds or p.seeds))
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=seeds, device=device,
                                    rerun=self.config.getoption("rerun"), compile=self.config.getoption("compile"),
-                                   tune=p.tune if self.config.getoption("tune") is None else self.config.getoption("tune"))
+                                   tune=p.tune if tune is None else tune)
         return self._ctx
 
 

@@ -149,7 +149,8 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     curve = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)  # the loop's only sync
     seconds = time.perf_counter() - start - hooked
     return {"seconds": seconds, "examples": seen, "examples_per_s": seen / max(seconds, 1e-9),
-            "callback_seconds": hooked, "steps": steps, "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
+            "callback_seconds": hooked, "steps": steps,
+            "loss_first": float(curve[:5].mean()) if len(curve) else math.nan,
             "loss_last": float(curve[-5:].mean()) if len(curve) else math.nan}
 
 
