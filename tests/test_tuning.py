@@ -222,3 +222,19 @@ def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
         budget["intermediate"]["target_steps"]
     assert budget["trained_steps"]["direct"] == 2 * 2 * 2 * 6  # seeds x learning rates x epochs x steps/epoch
     assert first["timings"]["validation_s"] > 0
+
+
+def test_spec_main_metric_is_checked_and_declared_metric_wins(tiny_profile, tmp_path):
+    rows = [{"text": f"clause {i}", "label": "ab"[i % 2]} for i in range(10)]
+    write_jsonl(tmp_path / "c" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "c" / "test.jsonl", rows[:4])
+    spec = tmp_path / "s.toml"
+    entry = '[[dataset]]\nname = "c"\ntask = "classification"\ndomain = "legal"\npath = "c"\n'
+    spec.write_text(entry + 'main_metric = "macro_f1"\n', encoding="utf-8")
+    declared = apply_spec(tiny_profile, spec, tmp_path).targets[("classification", "legal")].main_metric
+    assert main_metric("classification", [r["label"] for r in rows], declared) == ("macro_f1",
+                                                                                   "declared by the data set")
+    spec.write_text(entry + 'main_metric = "spearman"\n', encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        apply_spec(tiny_profile, spec, tmp_path)
+    assert str(info.value).startswith(f"{spec}: [[dataset]] 1 (c) key 'main_metric': unknown metric 'spearman'")
