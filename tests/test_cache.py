@@ -138,6 +138,7 @@ def test_concurrent_builders_build_once(tmp_path):
 def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profile, tiny_tokenizers, family,
                                                            monkeypatch):
     from harness import data as D
+    from harness.tasks import task_type
 
     spec = tiny_profile.targets[("classification", "general")]
     split = D.load_split(spec, tiny_profile.data_root, "train", limit=50)
