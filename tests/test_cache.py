@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
-from harness.tasks import task_type
 from harness import cache
 from harness.cache import atomic_dir, cached_encoding, finished_record, fingerprint, is_complete
+from harness.tasks import task_type
 
 ROOT = Path(__file__).resolve().parents[1]
 

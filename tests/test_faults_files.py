@@ -24,7 +24,7 @@ from harness import data as D
 from harness import record as R
 from harness.__main__ import main
 from harness.cache import atomic_dir
-from harness.profiles import DatasetSpec
+from harness.config import DatasetSpec
 from harness.report import write_summary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.tasks import task_type
 from harness import data as D
 from harness.grid import Cell
 from harness.metrics import main_metric, single_class
 from harness.spec import SpecError, apply_spec
+from harness.tasks import task_type
 from harness.tuning import RISING, Search, SearchSpace, TuningError, convergence, parse_space
 from tests.conftest import write_jsonl
 
