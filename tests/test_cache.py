@@ -14,7 +14,6 @@ from filelock import FileLock, Timeout
 
 from harness import cache
 from harness.cache import atomic_dir, cached_encoding, finished_record, fingerprint, is_complete
-from harness.tasks import task_type
 
 ROOT = Path(__file__).resolve().parents[1]
 
