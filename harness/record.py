@@ -37,6 +37,12 @@ class Interval(TypedDict):
     ci_low: float
     ci_high: float
     verdict: str  # one of VERDICTS
+    # a gain also carries what a comparison with another run needs (harness.baselines):
+    per_seed: NotRequired[list[float]]  # the per-seed gains, in the order of `seeds`
+    se_boot: NotRequired[float]  # bootstrap standard error of the seed-mean gain over test-set resamples
+    p_value: NotRequired[float]  # two-sided bootstrap p-value (the summary's FDR q-values read it)
+    mdc: NotRequired[float]  # minimum detectable change: what the baseline check catches with 80% power
+    note: NotRequired[str]  # why a verdict is `uninformative`
 
 
 class CellRecord(TypedDict):
@@ -62,6 +68,11 @@ class CellRecord(TypedDict):
     config_key: NotRequired[str]  # everything that determines the numbers (resume reuses equal keys)
     throughput: NotRequired[dict[str, Any]]  # FLOP utilisation and peak memory
     notes: NotRequired[list[str]]
+    metrics_se: NotRequired[dict[str, dict[str, dict[str, float]]]]  # arm -> language -> main metric -> bootstrap SE
+    main_metric_reason: NotRequired[str]  # why the main metric is what it is (e.g. imbalanced labels: macro-F1)
+    budget: NotRequired[dict[str, Any]]  # optimizer steps behind each arm's evaluated model (harness.runner._budget)
+    tuning: NotRequired[dict[str, Any]]  # per-arm selection: space, every trial's validation score, the choices
+    under_trained: NotRequired[list[str]]  # arms the convergence check flagged (harness.tuning)
 
 
 class RecordError(Exception):
@@ -116,6 +127,11 @@ def check_interval(value, where: str) -> None:
         _number(_entry(value, name, where), f"{where}.{name}")
     if _entry(value, "verdict", where) not in VERDICTS:
         raise _Invalid(f"{where}.verdict", f"expected one of {', '.join(VERDICTS)}, got {value['verdict']!r}")
+    for name in ("se_boot", "p_value", "mdc"):
+        if name in value:
+            _number(value[name], f"{where}.{name}")
+    for i, x in enumerate(_listing(value["per_seed"], f"{where}.per_seed") if "per_seed" in value else []):
+        _number(x, f"{where}.per_seed[{i}]")
 
 
 def gains_problem(entry) -> str | None:
@@ -220,6 +236,9 @@ CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "data": _of(_mapping, "data"), "hyperparameters": _of(_mapping, "hyperparameters"),
     "config_key": _of(_text, "config_key"), "throughput": _of(_mapping, "throughput"),
     "notes": _list_of(_text, "notes"),
+    "metrics_se": _of(_mapping, "metrics_se"), "main_metric_reason": _of(_text, "main_metric_reason"),
+    "budget": _of(_mapping, "budget"), "tuning": _of(_mapping, "tuning"),
+    "under_trained": _list_of(_text, "under_trained"),
 }
 
 
