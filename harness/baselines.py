@@ -31,7 +31,7 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.grid import ARMS
-from harness.record import atomic_write_text
+from harness.record import atomic_write_text, read_json
 
 FORMAT = 2
 FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "metrics_se",
@@ -76,12 +76,7 @@ def read_file(path: Path) -> dict:
     """The parsed baseline file (JSON object with 'cells', format 2), of any profile. Raises BaselineError
     naming the file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise BaselineError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise BaselineError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); fix or delete it") from None
+    data = read_json(path, BaselineError, "; fix or delete it")
     if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
         raise BaselineError(f"{path}: not a baseline file (a JSON object with 'cells' is expected)")
     if data.get("schema") == 1:

@@ -307,15 +307,21 @@ def write_record(path: Path, record: CellRecord) -> None:
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
+def read_json(path: Path, error: type[Exception] | None = None, hint: str = ""):
+    """A JSON file's content; an unreadable or invalid file raises `error` (RecordError) in one line naming it."""
+    error = error or RecordError
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON (line {err.lineno}: {err.msg}){hint}") from None
+
+
 def read_record(path: Path) -> CellRecord:
     """Load and validate one record; any problem is a one-line RecordError naming the file and the field."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    record = read_json(path)
     validate(record, path)
     if record["cell"] != path.stem:
         raise RecordError(f"{path}: field 'cell': {record['cell']!r} does not match the file name")
