@@ -127,7 +127,8 @@ class CellGroupScheduling(LoadGroupScheduling):
             return super().schedule()
         for _ in range(2):
             for node in self.nodes:
-                self._reschedule(node)
+                if node in self.registered_collections:  # a replacement worker may not have collected yet
+                    self._reschedule(node)
 
 
 def exit_description(returncode: int | None) -> str:

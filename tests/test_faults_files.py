@@ -125,6 +125,10 @@ def small_fs(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"a small filesystem cannot be mounted here ({done.stderr.decode().strip() or 'not root'})")
+    vfs = os.statvfs(mount)
+    if vfs.f_blocks * vfs.f_frsize > 1024 * 1024:  # the mount did not take (e.g. another mount namespace)
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        pytest.skip(f"{mount} is not the 256 KiB filesystem just mounted")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
@@ -132,6 +136,7 @@ def small_fs(tmp_path):
 def _fill(folder: Path, leave: int) -> Path:
     """A file that takes all the free space of folder's filesystem but `leave` bytes."""
     vfs = os.statvfs(folder)
+    assert vfs.f_blocks * vfs.f_frsize <= 1024 * 1024, f"{folder}: not a small filesystem; refusing to fill it"
     filler = folder / "filler"
     filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - leave))
     return filler
