@@ -137,7 +137,7 @@ def load_all(spec, root: Path, cache: Path) -> dict:
 
 def test_every_hub_data_set_loads_through_the_hf_path(hub, tmp_path):
     profile, root, specs = hub
-    assert len(specs) == 11
+    assert len(specs) == 10
     for spec in specs:
         assert spec.format == "hf" and spec.layout == HUB[spec.path.partition(":")[0]]["layout"], spec.name
         splits = load_all(spec, root, tmp_path / "cache")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from harness.grid import cells
 from harness.record import load_records, record_path
-from harness.shard import MergeError, merge, parse_shard, shard_cells
+from harness.selection import parse_shard, shard_cells
+from harness.shard import MergeError, merge
 from recordgen import make_record, tiny_grid_records, write_records
 
 ROOT = Path(__file__).resolve().parents[1]
