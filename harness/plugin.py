@@ -45,6 +45,8 @@ def pytest_configure(config):
     for name in MODELS + TASKS + DOMAINS:
         config.addinivalue_line("markers", f"{name}: transfer-bench cells of {name}")
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "xdist_group(name): cells that share an intermediate model (pytest-xdist "
+                            "loadgroup); registered here too so runs without xdist do not warn")
 
 
 @pytest.hookimpl(tryfirst=True)
