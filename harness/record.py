@@ -28,7 +28,8 @@ from harness.grid import ARMS
 
 SCHEMA_VERSION = 1
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
-VERDICTS = ("positive", "negative", "neutral", "uninformative")  # uninformative: both arms predict one class
+UNINFORMATIVE = "uninformative"  # both arms predict one and the same class: the gain says nothing about transfer
+VERDICTS = ("positive", "negative", "neutral", UNINFORMATIVE)
 
 
 class Interval(TypedDict):

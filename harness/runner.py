@@ -25,12 +25,11 @@ from harness.cache import atomic_dir, cached_encoding, file_digest, finished_rec
 from harness.devices import device_info, precision
 from harness.models import body_state, build_model, load_tokenizer
 from harness.config import DatasetSpec, Profile
-from harness.record import SCHEMA_VERSION, env_info, record_path, save_predictions, write_record
+from harness.record import SCHEMA_VERSION, UNINFORMATIVE, env_info, record_path, save_predictions, write_record
 from harness.tasks import task_type
 from harness.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
-UNINFORMATIVE = "uninformative"
 
 
 @dataclass
