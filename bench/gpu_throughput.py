@@ -10,14 +10,14 @@ Without a GPU (or with --smoke) it runs the same code on tiny shapes on the CPU,
 No download, no `datasets`: the model is BertConfig()'s bert-base shape (110M parameters) randomly initialised,
 the data random token ids with lengths uniform in [max_length/8, max_length]. Each setting runs in a fresh
 process (so its first epoch pays what a fresh run pays: attention plans, probes, compilation; CUDA's context and
-cuBLAS are warmed up first, for every setting alike), through harness.train one epoch at a time on one model per
+cuBLAS are warmed up first, for every setting alike), through harness.running.train one epoch at a time on one model per
 batch size; its batch sizes run one after the other in that process. Settings:
 - exact: batches padded to their longest example, torch's own SDPA backend choice (the GPU path before issue 15);
 - b8, b16, b32: widths rounded up to multiples of 8/16/32 and the SDPA backends chosen by the probe
-  (harness.attention); b16 is the harness's GPU default (harness.buckets.GPU_MULTIPLE);
+  (harness.running.attention); b16 is the harness's GPU default (harness.running.buckets.GPU_MULTIPLE);
 - compile (with --compile; minutes, not seconds): b16 with compiled steps, one graph per bucket;
 - trainer: Trainer (bf16 where the harness uses it, SDPA, dynamic padding), one trainer.train() per epoch.
-MFU counts real tokens only (harness.flops) against the data-sheet dense peak of the precision in use. After the
+MFU counts real tokens only (harness.running.flops) against the data-sheet dense peak of the precision in use. After the
 table, the top kernels of a few training steps of b16 at the largest batch size (what limits MFU). The settings
 that leave them alone take TRANSFER_BENCH_SDPA / TRANSFER_BENCH_BUCKETS from the caller, e.g.
 `TRANSFER_BENCH_SDPA=flash,efficient,math python bench/gpu_throughput.py --settings b16,trainer`.
@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import attention, flops
-from harness import train as loop
-from harness.data import Encoded
-from harness.config import TrainConfig
-from harness.devices import precision
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Encoded
+from harness.running import attention, flops
+from harness.running import train as loop
+from harness.running.devices import precision
 
 log = logging.getLogger("gpu_throughput")
-SETTINGS = {  # key: (label, environment of its process: harness.buckets and harness.attention read it)
+SETTINGS = {  # key: (label, environment of its process: harness.running.buckets and harness.running.attention read it)
     "exact": ("exact widths", {"TRANSFER_BENCH_BUCKETS": "exact", "TRANSFER_BENCH_SDPA": "default"}),
     "b8": ("buckets of 8", {"TRANSFER_BENCH_BUCKETS": "8"}),
     "b16": ("buckets of 16 (default)", {}),
@@ -102,7 +102,7 @@ def peak_gib(device: str) -> float | None:
 
 
 def harness_epochs(key: str, model, data: Encoded, cfg: TrainConfig, opts: Options):
-    """(seconds, peak GiB, graphs compiled) of each epoch through harness.train (probe and compilation included)."""
+    """(seconds, peak GiB, graphs compiled) of each epoch through harness.running.train (probe and compilation included)."""
     for epoch in range(opts.epochs):
         if opts.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -116,7 +116,7 @@ def trainer_epochs(model, data: Encoded, cfg: TrainConfig, opts: Options):
     """(seconds, peak GiB, None) of each epoch through Trainer (one trainer.train() per epoch)."""
     from transformers import BertTokenizerFast
 
-    from harness.reference import make_trainer
+    from harness.running.reference import make_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab = Path(tmp) / "vocab.txt"  # a tokenizer only for the collator's padding (pad id 0)

@@ -1,7 +1,7 @@
 """Peak memory of loading and tokenising a data set that has one very long line (issue 13 item 12).
 
 Writes a JSONL training split of 200 ordinary lines and one line of `--mb` megabytes, then in a fresh
-process loads it (harness.data.load_split) and tokenises it (harness.data.encode, max_length 128) with a
+process loads it (harness.definitions.data.load_split) and tokenises it (harness.definitions.data.encode, max_length 128) with a
 WordPiece tokenizer trained on the spot, and prints the peak resident memory above the imports, per stage.
 `--no-cut` tokenises the whole text (the behaviour before texts were cut to max_length * CHARS_PER_TOKEN).
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from tokenizers import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
-from harness.tasks import task_type
-from harness import data as D
-from harness.config import DatasetSpec
+from harness.definitions.tasks import task_type
+from harness.definitions import data as D
+from harness.definitions.config import DatasetSpec
 root, cut = Path(sys.argv[1]), sys.argv[2] == "cut"
 if not cut:
     D.CHARS_PER_TOKEN = 10**12

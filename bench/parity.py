@@ -2,8 +2,8 @@
 
     python bench/parity.py [--cases tiny-bert tiny-roberta tiny-xlnet minilm] [--seeds 10] [--data-dir DIR]
 
-Each case and seed fine-tunes one initial model three ways (harness/reference.py: compare_loops):
-- harness: harness.train, length-grouped batches;
+Each case and seed fine-tunes one initial model three ways (harness/running/reference.py: compare_loops):
+- harness: harness.running.train, length-grouped batches;
 - trainer_same_batches: Trainer fed the harness's batches, with its own loop, optimizer, scheduler and collator;
   any difference from `harness` is the loops' own (weight_diff: the largest weight difference after training);
 - trainer: Trainer with its own random sampler, as run_glue.py runs it; the difference from `harness` is the
@@ -26,7 +26,7 @@ from scipy import stats
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.reference import ARMS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
+from harness.running.reference import ARMS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

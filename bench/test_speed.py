@@ -28,16 +28,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data as D
-from harness import flops
-from harness.devices import default_device, precision, threads_per_worker, usable_cores
-from harness.metrics import accuracy
-from harness.models import build_model
-from harness.config import ModelSpec, TrainConfig
-from harness.profiles import load_profile
-from harness.reference import make_trainer, trainer_predict
-from harness.runner import RunContext, load_dataset, tokenizer_for
-from harness.train import lengths_of, predict, train
+from harness.definitions import data as D
+from harness.definitions.config import ModelSpec, TrainConfig
+from harness.definitions.metrics import accuracy
+from harness.definitions.profiles import load_profile
+from harness.running import flops
+from harness.running.assets import RunContext, load_dataset, tokenizer_for
+from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
+from harness.running.models import build_model
+from harness.running.reference import make_trainer, trainer_predict
+from harness.running.train import lengths_of, predict, train
 
 log = logging.getLogger("harness.speed")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

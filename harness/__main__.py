@@ -16,7 +16,7 @@ BAD_INPUT = 2
 
 
 def add_report(sub) -> None:
-    from harness.report import FORMATS
+    from harness.output.report import FORMATS
     p = sub.add_parser("report", help="tables (and a plot) of a run's cell records",
                        description="Main, cross-lingual, robustness and cost tables of the records under "
                                    "RESULTS_DIR/cells, printed to stdout. Unusable records are named on stderr "
@@ -28,8 +28,9 @@ def add_report(sub) -> None:
 
 
 def report(args) -> int:
-    from harness import report as R
-    from harness.record import OutputError, cells_dir, load_records
+    from harness.fileio import OutputError
+    from harness.output import report as R
+    from harness.results.record import cells_dir, load_records
 
     records, errors = load_records(args.results_dir)
     for line in errors:
@@ -52,11 +53,11 @@ def report(args) -> int:
 
 
 def add_compare(sub) -> None:
-    from harness.baselines import MARGIN
+    from harness.results.baselines import MARGIN
     p = sub.add_parser("compare", help="changes between two runs by the baseline rule (exit 1 when one fails)",
                        description="Per cell and language: the gain and each arm's main metric on both sides and "
                                    "the change with its 95%% interval, judged by the rule of the baseline check "
-                                   "(harness/baselines.py): exit status 1 when a change fails by it, 2 on bad "
+                                   "(harness/results/baselines.py): exit status 1 when a change fails by it, 2 on bad "
                                    "input (including any unreadable record), else 0.")
     p.add_argument("old", type=Path, help="results directory or baseline file (baselines/<profile>.json)")
     p.add_argument("new", type=Path, help="results directory or baseline file")
@@ -66,7 +67,7 @@ def add_compare(sub) -> None:
 
 
 def compare(args) -> int:
-    from harness import compare as C
+    from harness.results import compare as C
 
     try:
         (old, old_errors), (new, new_errors) = C.load_source(args.old), C.load_source(args.new)
@@ -96,11 +97,14 @@ def add_merge(sub) -> None:
 
 
 def merge(args) -> int:
-    from harness.record import OutputError
-    from harness.shard import MergeError, merge as merge_dirs
+    from harness.fileio import OutputError
+    from harness.output.report import write_summary
+    from harness.results.merge import MergeError
+    from harness.results.merge import merge as merge_dirs
 
     try:
         records = merge_dirs(args.out, args.dirs)
+        write_summary(args.out, records)
     except (MergeError, OutputError) as err:
         log.error("%s", err)
         return BAD_INPUT

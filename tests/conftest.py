@@ -36,7 +36,7 @@ def tiny_corpora(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_profile(tiny_corpora, tmp_path_factory):
     """The `tiny` profile over the session's corpora, with its own cache directory."""
-    from harness.profiles import tiny
+    from harness.definitions.profiles import tiny
 
     return tiny(tiny_corpora, tmp_path_factory.mktemp("cache"))
 
@@ -44,7 +44,7 @@ def tiny_profile(tiny_corpora, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizers(tiny_profile, tmp_path_factory) -> dict:
     """One trained tokenizer per model family of the tiny profile (trained once per session)."""
-    from harness.models import load_tokenizer
+    from harness.running.models import load_tokenizer
 
     corpus = [tiny_profile.data_root / f for f in tiny_profile.tokenizer_corpus]
     cache = tmp_path_factory.mktemp("tokenizers")

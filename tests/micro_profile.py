@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import profiles
-from harness.tuning import SearchSpace
+from harness.definitions import profiles
+from harness.definitions.space import SearchSpace
 
 
 def micro(data_dir, cache_dir) -> profiles.Profile:

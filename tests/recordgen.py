@@ -9,11 +9,11 @@ import hashlib
 
 import numpy as np
 
-from harness.baselines import detectable
-from harness.grid import cells
-from harness.record import SCHEMA_VERSION, record_path, save_predictions, write_record
-from harness.stats import verdict
-from harness.tasks import task_type
+from harness.definitions.grid import cells
+from harness.definitions.tasks import task_type
+from harness.results.baselines import detectable
+from harness.results.record import SCHEMA_VERSION, record_path, save_predictions, write_record
+from harness.results.stats import verdict
 
 
 def _unit(*parts) -> float:

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from harness import profiles
-from harness.record import atomic_write_text
+
+from harness.definitions import profiles
+from harness.fileio import atomic_write_text
 
 _degraded: list[str] = []
 

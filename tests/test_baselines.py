@@ -1,4 +1,4 @@
-"""Baseline files and the regression check (harness/baselines.py), on synthetic records."""
+"""Baseline files and the regression check (harness/results/baselines.py), on synthetic records."""
 from __future__ import annotations
 
 import copy
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from recordgen import make_record
 
-from harness import baselines
-from harness.baselines import FIELDS, BaselineError
+from harness.results import baselines
+from harness.results.baselines import FIELDS, BaselineError
 
 
 def _file(tmp_path, records, profile="tiny"):

@@ -1,4 +1,4 @@
-"""Build-once cache entries (harness/cache.py): locks, atomic directories, checksums, tokenised data, resume."""
+"""Build-once cache entries (harness/running/cache.py): locks, atomic directories, checksums, tokenised data, resume."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
-from harness import cache
-from harness.cache import atomic_dir, cached_encoding, finished_record, fingerprint, is_complete
+from harness.results.resume import finished_record
+from harness.running import cache
+from harness.running.cache import atomic_dir, cached_encoding, fingerprint, is_complete
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def _wait_for_line(proc: subprocess.Popen, expected: str) -> None:
 def test_lock_of_a_killed_holder_is_released(tmp_path):
     """flock locks die with their process: after SIGKILL the lock file is still there but free."""
     lock = tmp_path / "x.lock"
-    holder = _python(f"from harness.cache import locked\nimport time\nwith locked({str(lock)!r}, 'x'):\n"
+    holder = _python(f"from harness.running.cache import locked\nimport time\nwith locked({str(lock)!r}, 'x'):\n"
                      f"    print('held', flush=True)\n    time.sleep(600)\n")
     try:
         _wait_for_line(holder, "held")
@@ -101,7 +102,7 @@ def test_lock_of_a_killed_holder_is_released(tmp_path):
 def test_a_builder_killed_mid_build_leaves_no_block_and_no_half_entry(tmp_path):
     target = tmp_path / "model"
     builder = _python(
-        "from pathlib import Path\nimport time\nfrom harness.cache import atomic_dir\n"
+        "from pathlib import Path\nimport time\nfrom harness.running.cache import atomic_dir\n"
         "def build(tmp):\n    (tmp / 'body.bin').write_text('half')\n    print('building', flush=True)\n"
         f"    time.sleep(600)\natomic_dir(Path({str(target)!r}), build)\n")
     try:
@@ -121,7 +122,7 @@ def test_a_builder_killed_mid_build_leaves_no_block_and_no_half_entry(tmp_path):
 def test_concurrent_builders_build_once(tmp_path):
     """Three processes race for one entry: one builds (slowly), the others wait and reuse it."""
     target, log = tmp_path / "model", tmp_path / "builds.log"
-    code = ("from pathlib import Path\nimport os, time\nfrom harness.cache import atomic_dir\n"
+    code = ("from pathlib import Path\nimport os, time\nfrom harness.running.cache import atomic_dir\n"
             "def build(tmp):\n"
             f"    with open({str(log)!r}, 'a') as f: f.write(str(os.getpid()) + '\\n')\n"
             "    time.sleep(1.0)\n    (tmp / 'body.bin').write_text('weights')\n"
@@ -136,8 +137,8 @@ def test_concurrent_builders_build_once(tmp_path):
 @pytest.mark.parametrize("family", ["bert", "roberta"])  # roberta has no token type ids
 def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profile, tiny_tokenizers, family,
                                                            monkeypatch):
-    from harness import data as D
-    from harness.tasks import task_type
+    from harness.definitions import data as D
+    from harness.definitions.tasks import task_type
 
     spec = tiny_profile.targets[("classification", "general")]
     split = D.load_split(spec, tiny_profile.data_root, "train", limit=50)
@@ -168,7 +169,7 @@ def test_cached_encoding_equals_encode_and_is_computed_once(tmp_path, tiny_profi
 def _record(tmp_path: Path, key: str = "k1") -> Path:
     from recordgen import make_record
 
-    from harness.record import record_path, save_predictions, write_record
+    from harness.results.record import record_path, save_predictions, write_record
 
     record = {**make_record("bert", "sentiment", "legal"), "config_key": key}
     path = record_path(tmp_path, record["cell"])

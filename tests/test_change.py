@@ -1,4 +1,4 @@
-"""The baseline rule by simulation (harness.baselines.judge on records built with harness.stats, as the runner
+"""The baseline rule by simulation (harness.results.baselines.judge on records built with harness.results.stats, as the runner
 builds them): how often a cell with no change fails (false alarms), and how often a change of a given size is
 caught (power), at the tiny grid's test-set size (256 examples per language), 3 languages and 3 seeds.
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from harness import baselines, stats
+from harness.results import baselines, stats
 
 N_TEST, SEEDS, LANGS, N_BOOT = 256, 3, ("en", "de", "fr"), 300
 

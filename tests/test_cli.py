@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from recordgen import golden_records, tiny_grid_records, write_golden_predictions, write_records
 
-from harness import baselines
-from harness import compare as C
-from harness import report
 from harness.__main__ import main
+from harness.output import report
+from harness.results import baselines
+from harness.results import compare as C
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -158,7 +158,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import pytest
 from recordgen import make_record
-from harness.record import record_path, write_record
+from harness.results.record import record_path, write_record
 
 
 @pytest.mark.parametrize("cell_id", ["bert-classification-general", "roberta-classification-legal", "bert-x-y"])

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from harness.config import DatasetSpec
-from harness.data import DataError, encode, load_split
-from harness.tasks import task_type
+from harness.definitions.config import DatasetSpec
+from harness.definitions.data import DataError, encode, load_split
+from harness.definitions.tasks import task_type
 
 CLS = DatasetSpec(name="toy", task="classification", domain="general")
 SIM = DatasetSpec(name="toy-sim", task="similarity", domain="general", text="text_a", text_b="text_b", label="score")

@@ -1,4 +1,4 @@
-"""Device and thread assignment per xdist worker (harness/devices.py and the root conftest.py)."""
+"""Device and thread assignment per xdist worker (harness/running/devices.py and the root conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.devices import (assign_device, device_info, pin_worker_device, precision, threads_per_worker,
-                             usable_cores, visible_gpus, worker_index)
+from harness.running.devices import (
+    assign_device,
+    pin_worker_device,
+    precision,
+    threads_per_worker,
+    usable_cores,
+    visible_gpus,
+    worker_index,
+)
+from harness.running.environment import device_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +91,7 @@ def test_cpu_device_info():
 
 _PROBE = '''
 import json, os, pytest
-from harness.devices import threads_per_worker, usable_cores
+from harness.running.devices import threads_per_worker, usable_cores
 
 @pytest.mark.parametrize("cell_id", [f"{g}-{d}" for d in ("general", "medical", "legal", "other")
                                   for g in ("bert-similarity", "xlnet-sentiment")])  # groups interleaved
@@ -122,7 +130,7 @@ def test_two_workers_get_their_gpu_threads_and_grouped_cells(tmp_path):
     ("tests/test_x.py::test_y", None),
 ])
 def test_loadgroup_scheduling_groups_cells_by_model_and_task(nodeid, group):
-    from harness.selection import cell_of
+    from harness.pytest.selection import cell_of
 
     cell = cell_of(nodeid)
     assert (cell.group if cell else None) == group

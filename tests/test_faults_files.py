@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 from recordgen import golden_records, make_record, predictions, write_golden_predictions, write_records
 
-from harness import baselines
-from harness import data as D
-from harness import record as R
+from harness import fileio
 from harness.__main__ import main
-from harness.cache import atomic_dir
-from harness.config import DatasetSpec
-from harness.report import write_summary
+from harness.definitions import data as D
+from harness.definitions.config import DatasetSpec
+from harness.output.report import write_summary
+from harness.results import baselines
+from harness.results import record as R
+from harness.running.cache import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -166,14 +167,14 @@ def test_merge_into_a_full_disk_is_one_line_keeps_what_was_merged_and_leaves_no_
 def test_a_write_that_fails_for_a_full_disk_keeps_the_old_file_and_no_temp(tmp_path):
     """The same failure where no small filesystem can be mounted: the disk fills during the write."""
     path = tmp_path / "predictions" / "x.npz"
-    R.atomic_write(path, lambda f: f.write(b"old"))
+    fileio.atomic_write(path, lambda f: f.write(b"old"))
 
     def fill(f):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(R.OutputError) as info:
-        R.atomic_write(path, fill)
+    with pytest.raises(fileio.OutputError) as info:
+        fileio.atomic_write(path, fill)
     assert str(info.value) == f"{path}: not written (No space left on device)"
     assert path.read_bytes() == b"old" and temp_files(tmp_path) == []
 
@@ -186,7 +187,7 @@ def test_read_only_results_folder_is_one_line_and_the_old_record_stays(tmp_path)
     R.write_record(path, make_record("bert", "sentiment", "legal"))
     path.parent.chmod(0o555)
     try:
-        with pytest.raises(R.OutputError) as info:
+        with pytest.raises(fileio.OutputError) as info:
             R.write_record(path, make_record("bert", "sentiment", "legal", shift=0.1))
     finally:
         path.parent.chmod(0o755)
@@ -229,7 +230,7 @@ def test_every_output_follows_the_umask(tmp_path, umask, file_mode, dir_mode):
 
 WRITER = """
 import sys, time
-from harness.record import atomic_write
+from harness.fileio import atomic_write
 def fill(f):
     f.write(b"new, but only half")
     f.flush()
@@ -241,7 +242,7 @@ atomic_write(sys.argv[1], fill)
 
 def test_a_writer_killed_mid_write_loses_nothing_and_the_next_write_cleans_up(tmp_path):
     path = tmp_path / "predictions" / "bert-sentiment-legal.npz"
-    R.atomic_write(path, lambda f: f.write(b"finished"))
+    fileio.atomic_write(path, lambda f: f.write(b"finished"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -253,7 +254,7 @@ def test_a_writer_killed_mid_write_loses_nothing_and_the_next_write_cleans_up(tm
     assert path.read_bytes() == b"finished"  # readers never see the half-written file
     (left,) = temp_files(tmp_path)
     assert left.startswith(".bert-sentiment-legal.npz.tmp-")
-    R.atomic_write(path, lambda f: f.write(b"rerun"))  # the next successful write removes the dead writer's temp
+    fileio.atomic_write(path, lambda f: f.write(b"rerun"))  # the next successful write removes the dead writer's temp
     assert path.read_bytes() == b"rerun" and temp_files(tmp_path) == []
 
 
@@ -301,12 +302,12 @@ def test_a_long_text_is_cut_before_tokenising_and_encodes_the_same(tmp_path):
 
 def test_ctrl_c_during_a_write_leaves_no_temp_file_and_the_old_file(tmp_path):
     path = tmp_path / "summary.md"
-    R.atomic_write_text(path, "old")
+    fileio.atomic_write_text(path, "old")
 
     def interrupted(f):
         f.write(b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        R.atomic_write(path, interrupted)
+        fileio.atomic_write(path, interrupted)
     assert path.read_text() == "old" and temp_files(tmp_path) == []

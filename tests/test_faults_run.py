@@ -14,13 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from micro_profile import grid_command
 from recordgen import make_record, write_records
 
-from harness.record import load_records, record_path
-from harness.session import parse_seeds
-from micro_profile import grid_command
-from tests.test_spec import CONTRACTS
+from harness.pytest.session import parse_seeds
+from harness.results.record import load_records, record_path
 from tests.conftest import write_jsonl
+from tests.test_spec import CONTRACTS
 
 ROOT = Path(__file__).resolve().parents[1]
 # three model-task groups of one cell each: under -n 2 the first worker gets the first and the third
@@ -105,7 +105,7 @@ class FakeNode:
 def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
     """The scheduling of the test above without processes: the replacement must be sent the remaining cell and
     told to shut down (a worker runs its last item only then), and the crashed cell is not sent again."""
-    from harness.selection import CellGroupScheduling
+    from harness.pytest.selection import CellGroupScheduling
 
     ids = [f"bench/test_transfer.py::test_transfer[{c}]" for c in (FIRST, SECOND, THIRD)]
     config = SimpleNamespace(getvalue=lambda name: ["popen", "popen"], option=SimpleNamespace(loadscopereorder=True))

@@ -14,12 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import attention, buckets
-from harness.data import Split, encode
-from harness.devices import device_info
-from harness.models import build_model
-from harness.config import TrainConfig
-from harness.train import collate, eval_batches, lengths_of, predict, train
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Split, encode
+from harness.running import attention, buckets
+from harness.running.environment import device_info
+from harness.running.models import build_model
+from harness.running.train import collate, eval_batches, lengths_of, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

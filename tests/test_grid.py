@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from harness.grid import DOMAINS, GRID_TASKS, MODELS, Cell, cells, check_names, parse_cell_id
+from harness.definitions.grid import DOMAINS, GRID_TASKS, MODELS, Cell, cells, check_names, parse_cell_id
 
 ALL_IDS = {f"{m}-{t}-{d}" for m, t, d in itertools.product(MODELS, GRID_TASKS, DOMAINS)}
 GRID_LINE = re.compile(r"^bench/test_transfer\.py::test_transfer\[([^\]]+)\]$", re.M)

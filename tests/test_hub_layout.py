@@ -1,7 +1,7 @@
 """The `paper` profile's exact hub load path, offline: for every hub data set it names, a local copy of the hub
 repository's layout (config and split folder names, parquet files, columns and dtypes; written here into tmp_path)
 is loaded through the same `format = "hf"` code as a real download, with the local folder where the hub id would
-be. A wrong config, split or column name in harness/profiles/paper.toml fails here, not on the first GPU run.
+be. A wrong config, split or column name in harness/definitions/profiles/paper.toml fails here, not on the first GPU run.
 
 HUB records each repository's layout (a label column: ("class", names) for a ClassLabel, (dtype, names) for
 plain string or integer categories) at the commit the profile pins (the sources are named in paper.toml).
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import data as D
-from harness.profiles import load_profile
-from harness.tasks import task_type
+from harness.definitions import data as D
+from harness.definitions.profiles import load_profile
+from harness.definitions.tasks import task_type
 
 S, I, F = "string", "int64", "float64"
 XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -123,7 +123,7 @@ def hub(tmp_path_factory):
 
 
 def load_all(spec, root: Path, cache: Path) -> dict:
-    """Every split the runner reads, through harness.data (the `format = "hf"` path)."""
+    """Every split the runner reads, through harness.definitions.data (the `format = "hf"` path)."""
     spec = local(spec, root)
     train = D.load_split(spec, Path("."), "train", cache_dir=cache)
     if spec.role == "intermediate":

@@ -1,4 +1,4 @@
-"""harness.metrics against scikit-learn and scipy, on fixed cases and hypothesis-generated ones."""
+"""harness.definitions.metrics against scikit-learn and scipy, on fixed cases and hypothesis-generated ones."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 
-from harness import metrics
-from harness.tasks import TASK_TYPES
+from harness.definitions import metrics
+from harness.definitions.tasks import TASK_TYPES
 
 labels = st.integers(min_value=0, max_value=4)
 

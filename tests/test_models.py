@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.data import Split, encode
-from harness.models import body_state, build_model, load_tokenizer
-from harness.train import collate
+from harness.definitions.data import Split, encode
+from harness.running.models import body_state, build_model, load_tokenizer
+from harness.running.train import collate
 
 FAMILIES = ("bert", "roberta", "xlnet")
 STYLE = {"bert": "WordPiece", "roberta": "BPE", "xlnet": "Unigram"}
@@ -139,7 +139,7 @@ def test_body_state_excludes_the_head_and_loads_into_a_new_head(tiny_profile, ti
 _TRAIN_AND_HASH = """
 import hashlib, json, sys
 from pathlib import Path
-from harness.models import _train_tokenizer
+from harness.running.models import _train_tokenizer
 files = sys.argv[1:]
 print(json.dumps({f: hashlib.sha256(_train_tokenizer(f, files, 2000).backend_tokenizer.to_str().encode()).hexdigest()
                   for f in ("bert", "roberta", "xlnet")}))

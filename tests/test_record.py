@@ -1,4 +1,4 @@
-"""The cell record (harness/record.py): one declared format, one validator on read and on write, its paths,
+"""The cell record (harness/results/record.py): one declared format, one validator on read and on write, its paths,
 and the atomic writer every output goes through."""
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from recordgen import make_record
 
-from harness import record as R
-from harness.record import RecordError, atomic_write_text, read_record, write_record
+from harness import fileio
+from harness.fileio import atomic_write_text
+from harness.results import record as R
+from harness.results.record import RecordError, read_record, write_record
+from harness.running import environment
 
 
 def _record(**changes) -> dict:
@@ -178,7 +181,7 @@ def test_atomic_write_failure_keeps_the_old_file_and_no_temp_file(tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(R.os, "replace", broken_replace)
-    with pytest.raises(R.OutputError, match="disk full") as info:
+    with pytest.raises(fileio.OutputError, match="disk full") as info:
         atomic_write_text(path, "new\n")
     assert str(info.value).startswith(f"{path}: not written")
     assert path.read_text() == "old\n"
@@ -225,7 +228,7 @@ def test_env_info_names_the_versions():
     import torch
     import transformers
 
-    env = R.env_info("cpu")
+    env = environment.env_info("cpu")
     assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
     assert env["device"] == "cpu" and env["python"].count(".") == 2
     assert {"datasets", "platform", "torch_threads", "git_commit"} <= set(env)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import baseline_path
+from harness.results.baselines import baseline_path
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFICATION, GENERAL, SHIFTED = "bert-classification-general", "bert-sentiment-general", "bert-sentiment-legal"

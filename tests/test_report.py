@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from recordgen import GOLDEN_PAIR, golden_records, tiny_grid_records, write_golden_predictions
 
-from harness import report
+from harness.output import plot, report
 
 GOLDEN = Path(__file__).parent / "golden"
 ODD = "court_rulings_10%"
@@ -140,7 +140,7 @@ def test_plot_is_a_nonblank_png_of_the_expected_size(tmp_path, summary):
     from matplotlib.image import imread
 
     path = report.plot(summary, tmp_path / "plot" / "t.png")
-    fig = report.figure(summary)
+    fig = plot.figure(summary)
     width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
     image = imread(path)
     assert image.shape[:2] == (height, width)
@@ -152,7 +152,7 @@ def test_plot_is_a_nonblank_png_of_the_expected_size(tmp_path, summary):
 
 
 def test_plot_has_one_panel_per_language_group(summary):
-    fig = report.figure(summary)
+    fig = plot.figure(summary)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["target language (en)", "cross-lingual mean (de)"]
 
@@ -160,7 +160,7 @@ def test_plot_has_one_panel_per_language_group(summary):
 def test_plot_without_cross_lingual_languages_has_one_panel(records):
     for r in records:
         r["languages"] = ["en"]
-    fig = report.figure(report.summarise(records))
+    fig = plot.figure(report.summarise(records))
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["target language (en)"]
     assert np.isfinite(fig.get_size_inches()).all()
 
@@ -180,7 +180,7 @@ def test_plot_colour_scale_is_symmetric_around_zero(summary):
         for g in e["gain"].values():
             g["mean"] = 0.3 if k else -0.01
         e["cross_lingual_mean"] = 0.2
-    fig = report.figure(summary)
+    fig = plot.figure(summary)
     image = next(im for ax in fig.axes for im in ax.get_images())
     assert (image.norm.vmin, image.norm.vmax) == pytest.approx((-0.3, 0.3))
     colourbar = fig.axes[-1]

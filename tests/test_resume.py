@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from harness.record import load_records, record_path
 from micro_profile import grid_command
+
+from harness.results.record import load_records, record_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("--models", "bert", "--tasks", "classification,sentiment", "--domains", "general,medical",

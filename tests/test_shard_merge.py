@@ -1,4 +1,4 @@
-"""`--shard I/N` and `python -m harness merge OUT DIR...` (harness/shard.py)."""
+"""`--shard I/N` and `python -m harness merge OUT DIR...` (harness/results/merge.py)."""
 from __future__ import annotations
 
 import os
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from harness.grid import cells
-from harness.record import load_records, record_path
-from harness.selection import parse_shard, shard_cells
-from harness.shard import MergeError, merge
 from recordgen import make_record, tiny_grid_records, write_records
+
+from harness.definitions.grid import cells
+from harness.pytest.selection import parse_shard, shard_cells
+from harness.results.merge import MergeError, merge
+from harness.results.record import load_records, record_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = cells()
@@ -88,8 +88,16 @@ def test_merge_combines_shards_into_one_run(tmp_path):
     on_disk, errors = load_records(out)
     assert errors == [] and on_disk == sorted(records, key=lambda r: r["cell"])
     assert len(list((out / "predictions").glob("*.npz"))) == 27
-    assert (out / "summary.md").exists() and (out / "summary.json").exists()
+    assert not (out / "summary.md").exists()  # the merge command writes it, not the merge
     assert merge(out, [tmp_path / "shard1"]) == merged  # merging again (or a late shard) is idempotent
+
+
+def test_merge_command_writes_the_summary_of_the_merged_run(tmp_path):
+    from harness.__main__ import main
+
+    out = tmp_path / "merged"
+    assert main(["merge", str(out), *map(str, _shards(tmp_path, tiny_grid_records(), 3))]) == 0
+    assert (out / "summary.md").exists() and (out / "summary.json").exists()
 
 
 @pytest.mark.parametrize("change, message", [

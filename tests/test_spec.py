@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import Cell
-from harness.spec import SpecError, apply_spec
+from harness.definitions.grid import Cell
+from harness.definitions.specfile import SpecError, apply_spec
 from tests.conftest import write_jsonl, write_table
 
 CONTRACTS = [{"text": f"clause number {i} about payment", "label": ["fair", "unfair"][i % 2]} for i in range(8)]
@@ -86,7 +86,7 @@ def test_paths_are_relative_to_the_spec_folder_without_data_dir(tiny_profile, da
 
 
 def test_runner_reads_a_spec_target(tiny_profile, data, tmp_path):
-    from harness.runner import RunContext, load_dataset
+    from harness.running.assets import RunContext, load_dataset
 
     spec = write_spec(tmp_path / "s.toml", target_entry(cross_lingual={"de": "contracts-de/test.jsonl"}))
     profile = apply_spec(tiny_profile, spec, data)
@@ -194,7 +194,7 @@ def test_readme_worked_example(tmp_path):
     """The README's example spec applies to the minilm profile as documented."""
     import re
 
-    from harness.profiles import load_profile
+    from harness.definitions.profiles import load_profile
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     spec = tmp_path / "my-data.toml"

@@ -1,4 +1,4 @@
-"""Gains, robustness differences, intervals and verdicts (harness/stats.py).
+"""Gains, robustness differences, intervals and verdicts (harness/results/stats.py).
 
 Calibration is shown by simulation: many synthetic test sets with a known truth, each scored the way a cell
 is (per-seed predictions of both arms on one test set). With no true difference the verdict must be
@@ -16,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest, bootstrap, rankdata
 
-from harness import metrics, stats
+from harness.definitions import metrics
+from harness.results import stats
+from harness.results.record import VERDICTS
 
 N_TEST = 128  # examples per simulated test set (the tiny profile has 256)
 
@@ -51,7 +53,7 @@ N_BOOT = 1000  # replicates per simulated interval (the harness uses 2000, which
 
 def verdict_counts(metric: str, reps: int, seeds: int, shift: float, seed_sd: float) -> dict:
     rng = np.random.default_rng(20261125)
-    counts = dict.fromkeys(stats.VERDICTS, 0)
+    counts = dict.fromkeys(VERDICTS, 0)
     for r in range(reps):
         data = SIMULATORS[metric](rng, seeds, shift, seed_sd)
         counts[stats.gain(data, metric, seed=r, n_boot=N_BOOT)["verdict"]] += 1
@@ -95,7 +97,7 @@ def test_clear_true_difference_is_found(metric, shift, seed_sd, expected):
 def test_robustness_without_a_true_shift_is_neutral_at_least_95_percent():
     """The same true gain in the general and the shifted domain: the difference of gains is neutral."""
     rng = np.random.default_rng(7)
-    counts = dict.fromkeys(stats.VERDICTS, 0)
+    counts = dict.fromkeys(VERDICTS, 0)
     for r in range(300):
         general, shifted = classification(rng, 3, 1.0, 0.3), classification(rng, 3, 1.0, 0.3)
         counts[stats.robustness(general, shifted, "accuracy", seed=r, n_boot=N_BOOT)["verdict"]] += 1
@@ -217,7 +219,7 @@ def test_a_seed_gives_the_same_interval_and_another_seed_another():
 
 def test_stream_seed_is_the_same_in_every_process():
     """Derived from the cell id and language by a hash that, unlike hash(), does not change between processes."""
-    code = "from harness.stats import stream_seed; print(stream_seed('bert-sentiment-legal', 'de'))"
+    code = "from harness.results.stats import stream_seed; print(stream_seed('bert-sentiment-legal', 'de'))"
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": h}).stdout.strip() for h in ("1", "2")}
     assert out == {str(stats.stream_seed("bert-sentiment-legal", "de"))}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.grid import GRID_TASKS, TASKS
-from harness.tasks import TASK_TYPES, task_type
+from harness.definitions.grid import GRID_TASKS, TASKS
+from harness.definitions.tasks import TASK_TYPES, task_type
 
 
 def test_every_grid_task_has_an_entry_and_nli_is_pair_classification():
@@ -24,9 +24,9 @@ def test_unknown_task_lists_the_valid_ones():
 
 def test_a_spec_pair_classification_target_loads_with_its_own_columns(tiny_profile, tmp_path):
     """nli through the --spec path: text_a / text_b / label columns, a closed label set, a new cell row."""
-    from harness.grid import Cell
-    from harness.runner import RunContext, load_dataset
-    from harness.spec import apply_spec
+    from harness.definitions.grid import Cell
+    from harness.definitions.specfile import apply_spec
+    from harness.running.assets import RunContext, load_dataset
     from tests.conftest import write_jsonl
 
     rows = [{"p": f"premise {i}", "h": f"hypothesis {i}", "y": ["entailment", "neutral", "contradiction"][i % 3]}

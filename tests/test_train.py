@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.data import Split, encode
-from harness.metrics import accuracy, spearman
-from harness.models import build_model
-from harness.config import TrainConfig
-from harness.train import length_grouped_batches, predict, train
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Split, encode
+from harness.definitions.metrics import accuracy, spearman
+from harness.running.models import build_model
+from harness.running.train import length_grouped_batches, predict, train
 
 TOY = TrainConfig(lr=2e-3, epochs=8, batch_size=16, max_length=16, warmup_ratio=0.1)
 

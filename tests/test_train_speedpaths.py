@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import flops
-from harness.data import Split, encode
-from harness.models import build_model
-from harness.config import TrainConfig
-from harness.train import autocast, collate, eval_batches, lengths_of, predict, to_device, train
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Split, encode
+from harness.running import flops
+from harness.running.models import build_model
+from harness.running.train import autocast, collate, eval_batches, lengths_of, predict, to_device, train
 
 
 def _toy(tok, n: int = 48):
@@ -103,7 +103,8 @@ def test_throughput_block_and_peak_memory():
 
 
 def test_runner_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
-    from harness.runner import RunContext, _throughput
+    from harness.running.assets import RunContext
+    from harness.running.cell import _throughput
 
     tok = tiny_tokenizers["roberta"]
     model = build_model(tiny_profile.models["roberta"], tok, 2, 16, 0)

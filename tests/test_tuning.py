@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data as D
-from harness.grid import Cell
-from harness.metrics import main_metric, single_class
-from harness.spec import SpecError, apply_spec
-from harness.tasks import task_type
-from harness.tuning import RISING, Search, SearchSpace, TuningError, convergence, parse_space
+from harness.definitions import data as D
+from harness.definitions.grid import Cell
+from harness.definitions.metrics import main_metric, single_class
+from harness.definitions.space import SearchSpace, TuningError, parse_space
+from harness.definitions.specfile import SpecError, apply_spec
+from harness.definitions.tasks import task_type
+from harness.running.tuning import RISING, Search, convergence
 from tests.conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_plugin_reports_a_bad_search_space_at_collection(tmp_path):
 
 
 def test_profile_spaces_pass_their_own_checks_and_tuning_is_off_only_in_tiny(tiny_profile):
-    from harness.profiles import PROFILES
+    from harness.definitions.profiles import PROFILES
 
     paper_profile = PROFILES["paper"](None, Path("."))
     for space in (tiny_profile.tuning, paper_profile.tuning):
@@ -114,8 +115,8 @@ def test_convergence_flags_a_curve_still_rising_at_its_last_epoch():
 
 def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokenizers):
     """The hook predicts between epochs: training must end with the same weights as without it (RNG untouched)."""
-    from harness.models import build_model
-    from harness.train import predict, train
+    from harness.running.models import build_model
+    from harness.running.train import predict, train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
@@ -135,7 +136,7 @@ def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokeni
 # ---------------------------------------------------------------- validation split and main metric
 
 def test_validation_split_own_unused_rows_or_carved(tmp_path):
-    from harness.config import DatasetSpec
+    from harness.definitions.config import DatasetSpec
 
     rows = [{"text": f"sentence {i}", "label": "ab"[i % 2]} for i in range(40)]
     write_jsonl(tmp_path / "own" / "train.jsonl", rows)
@@ -177,7 +178,8 @@ def test_main_metric_is_macro_f1_for_imbalanced_labels_and_says_why():
 def _tuned_cell(data_dir: Path, tmp: Path) -> dict:
     from micro_profile import micro
 
-    from harness.runner import RunContext, run_cell
+    from harness.pipeline import run_cell
+    from harness.running.assets import RunContext
 
     profile = micro(data_dir, tmp / "cache")
     ctx = RunContext(profile=profile, results_dir=tmp / "results", cache_dir=tmp / "cache", seeds=[0, 1],

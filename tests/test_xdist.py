@@ -8,9 +8,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-from harness.record import load_records
 from micro_profile import grid_command
+
+from harness.results.record import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 # Three cells in collection order cls-general, cls-medical, sent-general: under `--dist load` with two workers

@@ -1,0 +1,129 @@
+"""Config types: training hyper-parameters, model rows, data sets and the profile that holds them all.
+
+Plain frozen dataclasses with no behaviour beyond what the types themselves answer; parsing and validation
+live in harness/definitions/specfile.py, the shipped profiles in harness/definitions/profiles/ (TOML) and harness/definitions/profiles.py (registry).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.definitions.grid import DOMAINS, GRID_TASKS, MODELS, Cell
+from harness.definitions.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 5e-4
+    epochs: int = 4
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    max_length: int = 64
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id."""
+    name: str
+    family: str
+    source: str = "tiny"
+    revision: str | None = None
+    size: dict = field(default_factory=dict)  # tiny configs: hidden, layers, heads, ffn, vocab
+    skip_reason: str | None = None  # a row the profile cannot run (e.g. no offline weights)
+
+    @property
+    def describe(self) -> str:
+        if self.source == "tiny":
+            return f"tiny-{self.family}(" + ",".join(f"{k}={v}" for k, v in sorted(self.size.items())) + ")"
+        return self.source + (f"@{self.revision}" if self.revision else "")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data set described declaratively (profile or --spec file). Paths are relative to the data root.
+
+    `path` is a folder holding `train`/`validation`/`test` files with the format's extension (jsonl, csv,
+    tsv), or `HUB_ID[:CONFIG]` for format `hf`. `cross_lingual` maps a language to a test file (or
+    `HUB_ID[:CONFIG]`). Column names: `text` (and `text_b` for pair tasks) and `label` (a score for
+    regression tasks; harness/definitions/tasks.py says which task is which).
+    """
+    name: str
+    task: str
+    domain: str
+    role: str = "target"
+    language: str = "en"
+    format: str = "jsonl"
+    path: str = ""
+    text: str = "text"
+    text_b: str | None = None
+    label: str = "label"
+    cross_lingual: dict = field(default_factory=dict)
+    revision: str | None = None
+    max_train: int | None = None  # subsample (fixed seed) to keep cells small; sizes go into the record
+    max_test: int | None = None
+    # split -> file relative to the data root (local formats) or hub split name (hf), overriding
+    # `path/<split>.<ext>`; e.g. {"train": "stsb/dev.jsonl"} trains on a data set's dev file
+    splits: dict = field(default_factory=dict)
+    # the paper's recipe: train on this fraction of the source's train split, test on the rest (fixed seed);
+    # cross-lingual test sets are used whole
+    train_fraction: float | None = None
+    # hub data sets: `configs` (the card declares each CONFIG's files) or `folders` (a parquet export,
+    # refs/convert/parquet: CONFIG/SPLIT/*.parquet, read with data_dir=CONFIG; for data sets whose main branch
+    # holds only a loading script, which current `datasets` refuses)
+    layout: str = "configs"
+    # known sizes (train examples of the source, test examples per language), shown by --plan before download
+    sizes: dict = field(default_factory=dict)
+    # the verdict's metric when the default (accuracy / spearman) cannot see a difference, e.g. "macro_f1";
+    # None: harness.definitions.metrics.main_metric decides (macro-F1 for imbalanced classification targets). Left out of
+    # repr, which cache and config keys hash: runner.config_key adds a non-default main metric itself.
+    main_metric: str | None = field(default=None, repr=False)
+    source: str = "profile"  # where it was declared, for error messages
+
+    def replace(self, **changes) -> "DatasetSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    models: dict  # grid model name -> ModelSpec
+    targets: dict  # (task, domain) -> DatasetSpec
+    intermediates: dict  # task -> DatasetSpec
+    data_root: Path
+    target_train: TrainConfig = TrainConfig()
+    intermediate_train: TrainConfig = TrainConfig(epochs=2)
+    seeds: int = 1
+    threads: int | None = None  # torch threads per process; None: split the cores among workers
+    tokenizer_corpus: tuple = ()  # files (relative to data_root) for training tokenizers; () = use pretrained
+    missing: dict = field(default_factory=dict)  # (task, domain) -> why the profile has no data set there
+    model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelSpec} (--model-set)
+    tune: bool = False  # per-arm selection on validation data by default (pytest --tune / --no-tune)
+    tuning: SearchSpace = SearchSpace()  # its search space (a [tuning] table overrides it)
+
+    @property
+    def domains(self) -> tuple:
+        extra = sorted({d for (_, d) in self.targets} - set(DOMAINS))
+        return DOMAINS + tuple(extra)
+
+    @property
+    def tasks(self) -> tuple:
+        """The design grid's tasks, then any other task type the profile has a target data set for."""
+        return GRID_TASKS + tuple(sorted({t for (t, _) in self.targets} - set(GRID_TASKS)))
+
+    def cells(self) -> list[Cell]:
+        return [Cell(m, t, d) for m in MODELS for t in self.tasks for d in self.domains]
+
+    def skip_reason(self, cell: Cell) -> str | None:
+        """Why a cell cannot run in this profile (no weights for its model, no data for its task/domain)."""
+        if self.models[cell.model].skip_reason:
+            return self.models[cell.model].skip_reason
+        if (cell.task, cell.domain) not in self.targets:
+            return self.missing.get((cell.task, cell.domain)) or \
+                f"profile {self.name!r} has no {cell.task} data set for domain {cell.domain!r} (add one with --spec)"
+        if cell.task not in self.intermediates:
+            return f"profile {self.name!r} has no intermediate {cell.task} data set (add one with --spec)"
+        return None

@@ -1,0 +1,362 @@
+"""Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
+
+Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
+- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
+  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
+- robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
+  that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
+  configuration) the difference of the two gains without an interval, and a note why;
+- cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
+  behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
+- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
+  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
+  survive a 5% false discovery rate;
+- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
+  without a significant change (passed on by the pytest plugin; reported, not failed).
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
+A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.definitions.grid import ARMS, GENERAL
+from harness.fileio import atomic_write_text
+from harness.output.plot import plot
+from harness.output.summary import (
+    BEST_NOTE,
+    FDR,
+    MISSING,
+    UNDER_TRAINED_MARK,
+    UNDER_TRAINED_NOTE,
+    build,
+    fdr_line,
+    summarise,
+)
+
+FORMATS = ("markdown", "latex", "csv", "json")
+SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}
+PLOT_NAME = "transfer.png"
+
+
+# ---------------------------------------------------------------- cell text shared by the text formats
+
+def num(x, signed: bool = False) -> str:
+    if x is None:
+        return MISSING
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _main_entry(e: dict) -> str:
+    if e["status"] != "ok":
+        return MISSING
+    lang, main = e["language"], e["main_metric"]
+    g = e["gain"][lang]
+    mark = UNDER_TRAINED_MARK if e.get("under_trained") else ""
+    return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
+            f"{num(g['mean'], True)} ({g['verdict']}){mark}")
+
+
+def _gain_entry(g: dict | None) -> str:
+    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']})"
+
+
+def _interval_entry(row: dict) -> str:
+    if row["source"] == MISSING:
+        return MISSING
+    if row["source"] == "computed":
+        return f"{num(row['mean'], True)} (no interval)"
+    return f"{num(row['mean'], True)} [{num(row['ci_low'], True)}, {num(row['ci_high'], True)}] ({row['verdict']})"
+
+
+def _column_name(col: dict) -> str:
+    return f"{col['task']} / {col['domain']}"
+
+
+def _metric_note(summary: dict) -> str:
+    metrics = {}
+    for e in summary["cells"]:
+        metrics.setdefault(e["main_metric"], []).append(e["task"])
+    return ", ".join(f"{m} ({', '.join(dict.fromkeys(ts))})" for m, ts in metrics.items())
+
+
+def _cells_by(summary: dict) -> dict:
+    return {(e["model"], e["task"], e["domain"]): e for e in summary["cells"]}
+
+
+def main_rows(summary: dict, best=lambda s: f"{s} *") -> tuple[list[str], list[list[str]]]:
+    cols, by = summary["layout"]["columns"], _cells_by(summary)
+    rows = []
+    for model in summary["layout"]["models"]:
+        entries = [by[(model, c["task"], c["domain"])] for c in cols]
+        rows.append([model] + [best(_main_entry(e)) if e.get("best") else _main_entry(e) for e in entries])
+    return ["model"] + [_column_name(c) for c in cols], rows
+
+
+def cross_lingual_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    langs = summary["layout"]["languages"]
+    rows = []
+    for e in summary["cells"]:
+        gains = e.get("gain") or {}
+        xl = e.get("cross_lingual_mean")
+        mean = MISSING if e["status"] != "ok" else "-" if xl is None else num(xl, True)
+        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x)) for x in langs] + [mean])
+    return ["model", "task", "domain"] + langs + ["cross-lingual mean"], rows
+
+
+def robustness_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    domains = list(dict.fromkeys(r["domain"] for r in summary["robustness"]))
+    table: dict = {}
+    for r in summary["robustness"]:
+        table.setdefault((r["model"], r["task"], r["language"]), {})[r["domain"]] = _interval_entry(r)
+    rows = [[m, t, lang] + [by_domain.get(d, "-") for d in domains] for (m, t, lang), by_domain in table.items()]
+    return ["model", "task", "language"] + [f"{d} - {GENERAL}" for d in domains], rows
+
+
+COST_COLUMNS = {"load s": "load_s", "intermediate s": "intermediate_s",
+                "intermediate ex/s": "intermediate_examples_per_s", "train s": "train_s",
+                "train ex/s": "train_examples_per_s", "validation s": "validation_s", "eval s": "eval_s",
+                "eval ex/s": "eval_examples_per_s", "total s": "total_s", "trials per arm": "trials",
+                "direct steps": "direct_steps", "+intermediate steps": "intermediate_steps"}
+
+
+def _cost_text(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "trials" or key.endswith("_steps"):
+        return f"{value:.0f}"
+    return f"{value:.1f}" if key.endswith("_per_s") else f"{value:.2f}"
+
+
+def cost_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    def line(name: str, cost: dict) -> list[str]:
+        return [name] + [_cost_text(k, cost[k]) for k in COST_COLUMNS.values()]
+    rows = [line(e["cell"], e["cost"]) if e["status"] == "ok" else [e["cell"]] + [MISSING] * len(COST_COLUMNS)
+            for e in summary["cells"]]
+    rows.append(line("total", summary["cost_total"]))
+    return ["cell", *COST_COLUMNS], rows
+
+
+def robustness_note(summary: dict) -> str:
+    sources = {r["source"] for r in summary["robustness"]}
+    note = "gain(domain) - gain(general) in the main metric, same model, task and language"
+    if "computed" in sources:
+        note += ("; entries marked 'no interval' are the difference of the two cells' gains, without interval "
+                 "or verdict, because the pair's predictions could not be analysed")
+    return note + "."
+
+
+def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[r["cell"], r["language"], _interval_entry({**r, "source": "record"}), num(r["q_value"]),
+             num(r["mdc"])] for r in summary["significance"]]
+    return ["cell", "language", "gain [95% CI] (verdict)", "q (FDR)", "MDC"], rows
+
+
+def significance_note(summary: dict) -> str:
+    return (f"{fdr_line(summary['fdr'])}. q: the gain's Benjamini-Hochberg q-value across the run's gains (a "
+            f"verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable change, the smallest change "
+            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run "
+            "(no margin); a pass rules out changes of that size, not smaller ones.")
+
+
+MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [interval]"]
+
+
+def moved_table(moved) -> str:
+    return tabulate([list(m) for m in moved], headers=MOVED_HEADERS, disable_numparse=True)
+
+
+def _header(summary: dict) -> str:
+    n = len(summary["cells"])
+    return (f"profile {', '.join(summary['profiles']) or '-'}; {summary['cells_present']} of {n} cells present; "
+            f"seeds per arm {', '.join(map(str, summary['seeds'])) or '-'}; main metric {_metric_note(summary)}")
+
+
+# ---------------------------------------------------------------- formats
+
+MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {BEST_NOTE}"
+XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
+           "cross-lingual mean = mean gain over those languages.")
+COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
+             "where this run trained the intermediate model (otherwise it was cached). Train time covers every "
+             "tuning trial; validation s: scoring the validation split after each epoch (tuning only); trials per "
+             "arm: '-' untuned. Steps: optimizer steps behind each arm's evaluated model, mean over seeds "
+             "(+intermediate: intermediate task plus target), the comparison's budget.")
+# the tables after the main one: title, rows, note
+SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NOTE),
+            ("Robustness to domain shift", robustness_rows, robustness_note),
+            ("Cost", cost_rows, lambda summary: COST_NOTE),
+            ("Significance and detectable change", significance_rows, significance_note))
+MOVED_NOTE = ("Verdicts that moved between neutral and positive/negative against the baseline without a "
+              "significant change of the gain: reported, not failed.")
+
+
+def _github(headers: list[str], rows: list[list[str]]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _main_note(summary: dict, best: str) -> str:
+    flagged = any(e.get("under_trained") for e in summary["cells"])
+    return f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+
+
+def to_markdown(summary: dict) -> str:
+    parts = ["# transfer-bench summary", "", _header(summary) + ".", "", "## Main table", "",
+             _main_note(summary, "in bold"), "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
+    for title, rows_of, note_of in SECTIONS:
+        parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
+        if rows_of is robustness_rows and summary["robustness_notes"]:
+            parts += [f"- {n}" for n in summary["robustness_notes"]] + [""]
+    if summary["baseline_moved"]:
+        parts += ["## Weakened / strengthened against the baseline", "", MOVED_NOTE, "",
+                  _github(MOVED_HEADERS, summary["baseline_moved"]), ""]
+    parts += _errors_md(summary)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _errors_md(summary: dict) -> list[str]:
+    if not summary["errors"]:
+        return []
+    return ["## Records not used", ""] + [f"- {e}" for e in summary["errors"]] + [""]
+
+
+_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                      "\u2020": r"\textdagger{}"})
+
+
+def tex_escape(text) -> str:
+    """Escape LaTeX's special characters so names such as `court_rulings_10%` print as written."""
+    return str(text).translate(_TEX)
+
+
+def _tex_table(caption: str, align: str, header_lines: list[str], rows: list[list[str]]) -> str:
+    """A booktabs table. Hand-built rather than tabulate's latex_booktabs: the main table needs a two-level
+    header (\\multicolumn per task, \\cmidrule under it) and bold cells, which tabulate cannot express."""
+    body = [" & ".join(r) + r" \\" for r in rows]
+    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(caption)}}}",
+                      rf"\begin{{tabular}}{{{align}}}", r"\toprule", *header_lines, r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def _tex_main(summary: dict) -> str:
+    headers, rows = main_rows(summary, best=lambda s: f"\x00{s}\x01")
+    cols = summary["layout"]["columns"]
+    groups: list[list] = []
+    for c in cols:
+        if groups and groups[-1][0] == c["task"]:
+            groups[-1][1] += 1
+        else:
+            groups.append([c["task"], 1])
+    top, rules, start = [""], [], 2
+    for task, span in groups:
+        top.append(rf"\multicolumn{{{span}}}{{c}}{{{tex_escape(task)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    second = ["model"] + [tex_escape(c["domain"]) for c in cols]
+    cells = [[tex_escape(x).replace("\x00", r"\textbf{").replace("\x01", "}") for x in r] for r in rows]
+    caption = f"Main table ({_header(summary)}). {_main_note(summary, 'in bold')}"
+    return _tex_table(caption, "l" + "c" * len(cols),
+                      [" & ".join(top) + r" \\", " ".join(rules), " & ".join(second) + r" \\"], cells)
+
+
+def to_latex(summary: dict) -> str:
+    parts = ["% transfer-bench summary; needs \\usepackage{booktabs}", _tex_main(summary)]
+    for title, rows_of, note_of in SECTIONS:
+        headers, rows = rows_of(summary)
+        caption = f"{title}. {note_of(summary)}"
+        parts.append(_tex_table(caption, "l" * len(headers),
+                                [" & ".join(tex_escape(h) for h in headers) + r" \\"],
+                                [[tex_escape(x) for x in r] for r in rows]))
+    parts += [f"% robustness: {tex_escape(n)}" for n in summary["robustness_notes"]]
+    parts += [f"% record not used: {tex_escape(e)}" for e in summary["errors"]]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
+              "ci_high", "verdict", "q_value", "mdc")
+
+
+def _csv_value(x) -> str:
+    return "" if x is None else str(round(x, 6)) if isinstance(x, float) else str(x)
+
+
+def tidy_rows(summary: dict) -> list[dict]:
+    """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
+    rows, sig = [], {(r["cell"], r["language"]): r for r in summary["significance"]}
+    for e in summary["cells"]:
+        base = {k: e[k] for k in ("cell", "model", "task", "domain")}
+        if e["status"] != "ok":
+            rows.append({**base, "status": MISSING})
+            continue
+        for arm in ARMS:
+            for lang in e["languages"]:
+                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
+                         for m, v in sorted(e["metrics"][arm][lang].items())]
+        rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
+                  "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
+                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc")}
+                 for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
+        rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
+    by = _cells_by(summary)
+    for r in summary["robustness"]:
+        e = by[(r["model"], r["task"], r["domain"])]
+        rows.append({**{k: e[k] for k in ("cell", "model", "task", "domain")},
+                     "status": "ok" if r["source"] == "predictions" else r["source"], "arm": "robustness",
+                     "language": r["language"], "metric": e["main_metric"], "value": r["mean"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "verdict": r["verdict"]})
+    return rows
+
+
+def to_csv(summary: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in tidy_rows(summary):
+        writer.writerow({k: _csv_value(row.get(k)) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def to_json(summary: dict) -> str:
+    return json.dumps(summary, indent=1, sort_keys=True) + "\n"
+
+
+RENDER = {"markdown": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json}
+
+
+def render(summary: dict, fmt: str) -> str:
+    return RENDER[fmt](summary)
+
+
+def terminal_table(records: list[dict]) -> str:
+    """The main table for a terminal: one block per task (the full task x domain table is too wide)."""
+    summary = summarise(records)
+    headers, rows = main_rows(summary)
+    flagged = any(e.get("under_trained") for e in summary["cells"])
+    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n"
+              f"entry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
+              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "")]
+    cols = summary["layout"]["columns"]
+    for task in dict.fromkeys(c["task"] for c in cols):
+        idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]
+        blocks.append(tabulate([[r[0]] + [r[i] for i in idx] for r in rows],
+                               headers=[task] + [cols[i - 1]["domain"] for i in idx], disable_numparse=True))
+    return "\n\n".join(blocks)
+
+
+def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(),
+                  moved=()) -> list[Path]:
+    """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
+    summary = build(results_dir, records, errors, expected, moved)
+    paths = []
+    for fmt in FORMATS:
+        paths.append(atomic_write_text(Path(results_dir) / f"summary.{SUFFIX[fmt]}", render(summary, fmt)))
+    paths.append(plot(summary, Path(results_dir) / PLOT_NAME))
+    return paths
+

@@ -1,0 +1,201 @@
+"""Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
+
+Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
+- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
+  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
+- robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
+  that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
+  configuration) the difference of the two gains without an interval, and a note why;
+- cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
+  behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
+- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
+  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
+  survive a 5% false discovery rate;
+- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
+  without a significant change (passed on by the pytest plugin; reported, not failed).
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
+A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.definitions.grid import ARMS, DOMAINS, GENERAL, MODELS, TASKS, parse_cell_id
+from harness.results import analysis
+from harness.results.record import GAIN_FIELDS
+
+MISSING = "missing"
+PHASES = ("load", "intermediate", "train", "eval")
+BEST_NOTE = "best model per column (highest score of either arm)"
+UNDER_TRAINED_MARK = "\u2020"
+UNDER_TRAINED_NOTE = (f"{UNDER_TRAINED_MARK} an arm's validation score was still rising at its last epoch: it may be "
+                      "under-trained, so the verdict may reflect training rather than transfer.")
+
+
+# ---------------------------------------------------------------- summary (the one source of every format)
+
+def _ordered(values, preferred) -> list:
+    """Known names in their canonical order, then any others (spec domains) alphabetically."""
+    values = set(values)
+    return [v for v in preferred if v in values] + sorted(values - set(preferred))
+
+
+def layout(records: list[dict], expected=()) -> dict:
+    """The grid: models x (task, domain) columns seen in the records or in the `expected` cell ids (such as
+    those of unreadable record files, so that they show as missing), and the languages."""
+    cells = [parse_cell_id(r["cell"]) for r in records]
+    for cell_id in expected:
+        try:
+            cells.append(parse_cell_id(cell_id))
+        except ValueError:
+            continue  # a file name that is no cell id: its error line already names it
+    tasks = _ordered({c.task for c in cells}, TASKS)
+    domains = _ordered({c.domain for c in cells}, DOMAINS)
+    pairs = {(c.task, c.domain) for c in cells}
+    langs: list[str] = []
+    for r in sorted(records, key=lambda r: r["cell"]):
+        langs += [x for x in r["languages"] if x not in langs]
+    return {"models": _ordered({c.model for c in cells}, MODELS),
+            "columns": [{"task": t, "domain": d} for t in tasks for d in domains if (t, d) in pairs],
+            "languages": langs}
+
+
+def _cost(record: dict) -> dict:
+    t = record["timings"]
+    trained = [i for i in record.get("intermediate") or [] if i.get("trained_here") and i.get("examples_per_s")]
+    inter_s = sum(i["seconds"] for i in trained)
+    cost = {f"{p}_s": float(t.get(f"{p}_s", 0.0)) for p in PHASES}
+    cost["validation_s"] = float(t.get("validation_s", 0.0))
+    budget, tuned = record.get("budget") or {}, record.get("tuning")
+    cost.update(total_s=float(t.get("total_s", sum(cost.values()))),
+                trials=tuned["trials_per_arm"] if tuned else None,
+                direct_steps=(budget.get("direct") or {}).get("total_steps"),
+                intermediate_steps=(budget.get("intermediate") or {}).get("total_steps"),
+                intermediate_examples_per_s=(sum(i["examples_per_s"] * i["seconds"] for i in trained) / inter_s
+                                             if inter_s > 0 else None),
+                train_examples_per_s=t.get("train_examples_per_s"), eval_examples_per_s=t.get("eval_examples_per_s"))
+    return cost
+
+
+def _score(record: dict) -> float:
+    main, lang = record["main_metric"], record["language"]
+    return max(record["metrics"][arm][lang][main] for arm in ARMS)
+
+
+def _cell_entry(model: str, task: str, domain: str, record: dict | None, metric_of: dict) -> dict:
+    entry = {"cell": f"{model}-{task}-{domain}", "model": model, "task": task, "domain": domain}
+    if record is None:
+        return {**entry, "status": MISSING, "main_metric": metric_of.get(task)}
+    lang, others = record["language"], [x for x in record["languages"] if x != record["language"]]
+    xl = [record["gain"][x]["mean"] for x in others]
+    return {**entry, "status": "ok", "profile": record["profile"], "checkpoint": record["model"],
+            "seeds": len(record["seeds"]), "main_metric": record["main_metric"], "language": lang,
+            "languages": list(record["languages"]), "metrics": record["metrics"], "gain": record["gain"],
+            "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record),
+            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or [])}
+
+
+def _mark_best(entries: list[dict], by_id: dict) -> None:
+    for column in {(e["task"], e["domain"]) for e in entries}:
+        present = [e for e in entries if (e["task"], e["domain"]) == column and e["status"] == "ok"]
+        if present:
+            top = max(_score(by_id[e["cell"]]) for e in present)
+            for e in present:
+                e["best"] = _score(by_id[e["cell"]]) >= top - 1e-12
+
+
+def _robustness(grid: dict, by_id: dict, intervals: dict) -> list[dict]:
+    """gain(domain) - gain(general) per model, task, shifted domain and language."""
+    rows = []
+    for model in grid["models"]:
+        for col in grid["columns"]:
+            task, domain = col["task"], col["domain"]
+            if domain == GENERAL or {"task": task, "domain": GENERAL} not in grid["columns"]:
+                continue
+            shifted, general = by_id.get(f"{model}-{task}-{domain}"), by_id.get(f"{model}-{task}-{GENERAL}")
+            langs = (shifted or general or {}).get("languages") or grid["languages"]
+            for lang in langs:
+                rows.append({"model": model, "task": task, "domain": domain, "language": lang,
+                             **_shift(shifted, general, lang, intervals)})
+    return rows
+
+
+def _shift(shifted: dict | None, general: dict | None, lang: str, intervals: dict) -> dict:
+    empty = dict.fromkeys(GAIN_FIELDS)
+    if shifted is None or general is None or lang not in shifted["gain"] or lang not in general["gain"]:
+        return {**empty, "source": MISSING}
+    analysed = intervals.get(shifted["cell"], {}).get(lang)
+    if analysed:
+        return {**{f: analysed[f] for f in GAIN_FIELDS}, "source": "predictions"}
+    return {**empty, "mean": shifted["gain"][lang]["mean"] - general["gain"][lang]["mean"], "source": "computed"}
+
+
+def _cost_total(entries: list[dict]) -> dict:
+    costs = [e["cost"] for e in entries if e["status"] == "ok"]
+    total = {k: sum(c[k] for c in costs) for k in ("load_s", "intermediate_s", "train_s", "validation_s", "eval_s",
+                                                   "total_s")}
+    total.update(trials=None, direct_steps=None, intermediate_steps=None)
+    for phase in ("intermediate", "train", "eval"):
+        timed = [c for c in costs if c[f"{phase}_examples_per_s"] is not None and c[f"{phase}_s"] > 0]
+        seconds = sum(c[f"{phase}_s"] for c in timed)
+        total[f"{phase}_examples_per_s"] = (sum(c[f"{phase}_examples_per_s"] * c[f"{phase}_s"] for c in timed)
+                                            / seconds if seconds > 0 else None)
+    return total
+
+
+FDR = 0.05
+
+
+def significance(records: list[dict]) -> tuple[list[dict], dict]:
+    """Per cell and language: gain, verdict, bootstrap p-value, BH q-value across all gains of these records
+    that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
+    rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
+             "mdc": g.get("mdc"), "q_value": None}
+            for r in sorted(records, key=lambda r: r["cell"])
+            for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+    tested = [row for row in rows if row["p_value"] is not None]
+    if tested:
+        from harness.results.stats import q_values
+        for row, q in zip(tested, q_values([row["p_value"] for row in tested])):
+            row["q_value"] = float(q)
+    verdicts = [row for row in tested if row["verdict"] != "neutral"]
+    return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
+                  "survive": sum(row["q_value"] < FDR for row in verdicts)}
+
+
+def fdr_line(fdr: dict) -> str:
+    if not fdr["gains"]:
+        return "no gain carries a p-value: no false discovery rate"
+    return (f"{fdr['survive']} of {fdr['verdicts']} verdicts survive FDR {fdr['level']:.0%} "
+            f"(Benjamini-Hochberg across {fdr['gains']} gains)")
+
+
+def summarise(records: list[dict], errors: list[str] = (), expected=(), robustness: dict | None = None,
+              notes: list[str] = (), moved=()) -> dict:
+    """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
+
+    `expected`: cell ids that belong to the grid even without a usable record (shown as missing).
+    `robustness`, `notes`: harness.results.analysis.robustness of the records (see `build`); without them every
+    robustness entry is the difference of two gains. `moved`: rows of verdicts weakened / strengthened against
+    the baseline (cell, language, outcome, baseline, now, change)."""
+    by_id = {r["cell"]: r for r in records}
+    grid = layout(records, expected)
+    metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.definitions.metrics: scipy costs a second
+    entries = [_cell_entry(m, c["task"], c["domain"], by_id.get(f"{m}-{c['task']}-{c['domain']}"), metric_of)
+               for m in grid["models"] for c in grid["columns"]]
+    _mark_best(entries, by_id)
+    gains, fdr = significance(records)
+    return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
+            "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
+            "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
+            "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
+            "significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],
+            "cost_total": _cost_total(entries), "errors": list(errors)}
+
+
+def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(), moved=()) -> dict:
+    """The summary of `records`, with robustness intervals analysed from the predictions under `results_dir`."""
+    intervals, notes = analysis.robustness(results_dir, records)
+    return summarise(records, errors, expected, intervals, notes, moved)
+

@@ -1,0 +1,144 @@
+"""Which cells run and where: `-k` matching for cells, `--shard I/N`, and the xdist scheduler that keeps a
+model-task group on one worker and survives a crashed worker."""
+from __future__ import annotations
+
+import re
+import signal
+
+from _pytest.mark import KeywordMatcher
+from _pytest.mark.expression import Expression
+from xdist.scheduler import LoadGroupScheduling
+
+from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell
+
+
+def cell_of(nodeid: str) -> Cell | None:
+    """The cell of a grid node id `...[MODEL-TASK-DOMAIN]` (optionally followed by `@group`), else None."""
+    match = re.search(r"\[([^\[\]]+)\](@[^\]]*)?$", nodeid)
+    if not match:
+        return None
+    parts = match.group(1).split("-", 2)
+    return Cell(*parts) if len(parts) == 3 and parts[0] in MODELS and parts[1] in TASKS else None
+
+
+# ---------------------------------------------------------------- -k
+
+class CellKeywords:
+    """`-k` for a cell: a word matches a model/task/domain by prefix (`-k bert` is not `roberta`, `-k sim`
+    is similarity); a term with a dash matches the id from a word boundary; other names (module, folder,
+    function) match by substring as in pytest."""
+
+    def __init__(self, cell: Cell, item):
+        own = {item.name, *MODELS, *TASKS, *DOMAINS}
+        self.cell, self.item = cell, item
+        self.words = (cell.model, cell.task, cell.domain)
+        self.others = [n.lower() for n in KeywordMatcher.from_item(item)._names if n not in own]
+        self.others.append(item.originalname.lower())
+
+    def __call__(self, term: str, /, **kwargs) -> bool:
+        term = term.lower()
+        if "[" in term:
+            return term in self.item.name.lower()
+        if "-" in term:
+            return re.search(r"(^|-)" + re.escape(term), self.cell.id) is not None
+        return any(w.startswith(term) for w in self.words) or any(term in n for n in self.others)
+
+
+def select_by_keyword(text: str, items: list, cells: dict) -> tuple[list, list]:
+    """(kept, dropped) items for the `-k` expression `text`; `cells` maps id(item) -> Cell for grid items,
+    which match with CellKeywords, the others with pytest's own matcher. SyntaxError for a bad expression."""
+    expr = Expression.compile(text)
+    keep, drop = [], []
+    for item in items:
+        matcher = CellKeywords(cells[id(item)], item) if id(item) in cells else KeywordMatcher.from_item(item)
+        (keep if expr.evaluate(matcher) else drop).append(item)
+    return keep, drop
+
+
+# ---------------------------------------------------------------- shards
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` (1 <= I <= N) -> (I, N)."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 1/4 for the first of four shards") from None
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N (shards are numbered 1..N)")
+    return index, count
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Shard `index` of `count` (1-based) of `cells`, in their order; the shards partition the cells.
+
+    Cells of a model-task group share an intermediate model, so whole groups are dealt out (largest first, then
+    by name, each to the least loaded shard) unless there are more shards than groups. The split depends only on
+    the set of cells, so every job of an array computes the same split.
+    """
+    groups: dict[str, list[Cell]] = {}
+    for cell in sorted(cells):
+        groups.setdefault(cell.group, []).append(cell)
+    units = list(groups.values()) if count <= len(groups) else [[c] for c in sorted(cells)]
+    loads, mine = [0] * count, set()
+    for unit in sorted(units, key=lambda u: (-len(u), u[0].id)):
+        k = loads.index(min(loads))
+        loads[k] += len(unit)
+        if k == index - 1:
+            mine.update(unit)
+    return [c for c in cells if c in mine]
+
+
+# ---------------------------------------------------------------- xdist
+
+class CellGroupScheduling(LoadGroupScheduling):
+    """xdist's `loadgroup`, with two changes.
+
+    Cells are grouped by their model-task group read from the node id, not only through the `@group` suffix
+    that xdist's workers add: with pytest 9 that suffix is lost (pytest-xdist issue #1386) and groups would be
+    split.
+
+    A crashed worker does not hang the run (pytest-xdist issue #1327, fixed upstream by PR #1328 after 3.8.0):
+    the cell it was running is failed (not retried: an out-of-memory cell would crash worker after worker),
+    only the work units with cells left are queued again, and every node is rescheduled twice so that a
+    replacement worker gets the second item it waits for before it runs its first.
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        cell = cell_of(nodeid)
+        return f"cells:{cell.group}" if cell else super()._split_scope(nodeid)
+
+    def remove_node(self, node) -> str | None:
+        workload = self.assigned_work.pop(node)
+        pending = [(scope, nodeid) for scope, unit in workload.items()
+                   for nodeid, done in unit.items() if not done]
+        if not pending:
+            return None
+        scope, crashed = pending[0]
+        workload[scope][crashed] = True
+        for scope, unit in workload.items():
+            if not all(unit.values()):
+                self.workqueue[scope] = unit
+        for other in self.assigned_work:
+            self._reschedule(other)
+        return crashed
+
+    def schedule(self) -> None:
+        if self.collection is None:
+            return super().schedule()
+        for _ in range(2):
+            for node in self.nodes:
+                if node in self.registered_collections:  # a replacement worker may not have collected yet
+                    self._reschedule(node)
+
+
+def exit_description(returncode: int | None) -> str:
+    """'killed by signal 9 (SIGKILL)' / 'exited with status 3' / 'exit status unknown' for a worker process."""
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exited with status {returncode}"

@@ -1,0 +1,104 @@
+"""Every statistic of the harness, computed from per-example predictions:
+- `cell_statistics`: a cell's own (when its record is written): each arm's test-set standard error, the gain
+  per language with its interval, p-value and minimum detectable change, and `uninformative` verdicts;
+- `robustness`: across cells over their saved predictions, done when a summary is built (end of run, `report`,
+  `merge`): the robustness of a gain to domain shift. A cell never reads another cell's files; this runs after
+  them, so `-k` subsets, shards and reruns in any order get the same numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.definitions.grid import ARMS, GENERAL
+from harness.definitions.metrics import single_class
+from harness.results.baselines import detectable
+from harness.results.record import UNINFORMATIVE, CellRecord, Interval, RecordError, load_predictions
+
+UNINFORMATIVE_NOTE = ("both arms predict one and the same class for every test example in every seed: the gain "
+                      "says nothing about transfer")
+
+
+def cell_statistics(record: dict, arrays: dict) -> dict:
+    """`record` (a cell's trained fields: harness.running.cell) with `metrics_se` and `gain` added, computed from
+    its predictions `arrays` (`y_true/LANG`, `ARM/LANG`: seeds x examples). Random streams: stats.stream_seed of
+    the cell, language (and arm), so the numbers do not depend on which other cells ran."""
+    from harness.results import stats
+
+    cell, main, languages = record["cell"], record["main_metric"], record["languages"]
+    classes = record["data"]["target"].get("labels") is not None
+    metrics_se, gains = {arm: {} for arm in ARMS}, {}
+    for lang in languages:
+        y_true = arrays[f"y_true/{lang}"]
+        for arm in ARMS:
+            metrics_se[arm][lang] = {main: stats.metric_se(y_true, np.asarray(arrays[f"{arm}/{lang}"]), main,
+                                                           stats.stream_seed(cell, lang, arm))}
+        direct, inter = list(arrays[f"direct/{lang}"]), list(arrays[f"intermediate/{lang}"])
+        gain = stats.gain(stats.arms(y_true, direct, inter), main, stats.stream_seed(cell, lang))
+        gain["mdc"] = detectable(gain, len(languages))
+        if classes and single_class(direct + inter):
+            gain.update(verdict=UNINFORMATIVE, note=UNINFORMATIVE_NOTE)
+        gains[lang] = gain
+    return {**record, "metrics_se": metrics_se, "gain": gains}
+
+
+
+def _model(record: CellRecord) -> str:
+    return record["cell"].split("-", 1)[0]
+
+
+def _incomparable(general: CellRecord, shifted: CellRecord) -> str | None:
+    """Why two records cannot be paired seed by seed (their seed j must share the intermediate model), or None."""
+    for field in ("seeds", "hyperparameters", "main_metric"):
+        if general.get(field) != shifted.get(field):
+            return f"{field} differ"
+    keys = [[m.get("key") for m in r.get("intermediate") or []] for r in (general, shifted)]
+    if keys[0] != keys[1] or general.get("intermediate_key") != shifted.get("intermediate_key"):
+        return "intermediate models differ"
+    return None
+
+
+def robustness(results_dir: Path, records: list[CellRecord]) -> tuple[dict[str, dict[str, Interval]], list[str]]:
+    """gain(domain) - gain(general) with its interval, per shifted-domain record and language, from the
+    predictions of both cells under `results_dir`: ({cell id: {language: interval}}, one note per pair of
+    records that has none). Same random streams as always (stats.stream_seed of the shifted cell)."""
+    by_id = {r["cell"]: r for r in records}
+    out, notes = {}, []
+    for shifted in sorted(records, key=lambda r: r["cell"]):
+        general = by_id.get(f"{_model(shifted)}-{shifted['task']}-{GENERAL}")
+        if shifted["domain"] == GENERAL or general is None:
+            continue
+        why = _incomparable(general, shifted)
+        try:
+            saved = [load_predictions(results_dir, r["cell"]) for r in (general, shifted)]
+        except RecordError as err:
+            why = why or str(err)
+            saved = [None, None]
+        if why is None and None in saved:
+            why = f"no predictions of {(general, shifted)[saved.index(None)]['cell']}"
+        intervals = {}
+        if why is None:
+            try:
+                intervals = _intervals(shifted, *saved)
+            except (KeyError, ValueError) as err:  # predictions files that do not match their records
+                why = f"predictions do not match the records ({err})"
+        if intervals:
+            out[shifted["cell"]] = intervals
+        else:
+            notes.append(f"{shifted['cell']}: robustness without interval ({why or 'no test language in common'})")
+    return out, notes
+
+
+def _intervals(shifted: CellRecord, general_saved: dict, shifted_saved: dict) -> dict[str, Interval]:
+    # harness.results.stats loads scipy (a second): imported only when there is a pair to analyse
+    from harness.results import stats
+
+    out = {}
+    for lang in shifted["languages"]:
+        if f"y_true/{lang}" in general_saved and f"y_true/{lang}" in shifted_saved:
+            base, here = (stats.arms(s[f"y_true/{lang}"], s[f"direct/{lang}"], s[f"intermediate/{lang}"])
+                          for s in (general_saved, shifted_saved))
+            out[lang] = stats.robustness(base, here, shifted["main_metric"],
+                                         stats.stream_seed(shifted["cell"], lang, "robustness"))
+    return out

@@ -1,0 +1,234 @@
+"""Train and evaluate one cell: both arms for every seed, evaluated in every language, scored per seed.
+
+`run_cell` returns an `Outcome`: the record's fields that training determines (metrics per arm, language and
+seed, data sizes, budget, tuning, timings, environment) and the per-example predictions. The statistics of
+the record (gains, intervals, standard errors, verdicts) are computed from those predictions by
+harness.results.analysis, and harness.pipeline writes both; tokenizers and intermediate checkpoints are
+cached under the cache directory (jiant style: each stage leaves an inspectable file).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.definitions.grid import ARMS, Cell
+from harness.definitions.metrics import FUNCTIONS, main_metric, score
+from harness.definitions.tasks import task_type
+from harness.running import flops, tuning
+from harness.running.assets import Loaded, RunContext, _encode, intermediate_body, load_dataset, tokenizer_for
+from harness.running.cache import fingerprint
+from harness.running.devices import precision
+from harness.running.environment import env_info
+from harness.running.models import build_model
+from harness.running.train import lengths_of, predict, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """A cell's trained result: the record without its statistics, and the predictions they come from
+    (`y_true/LANG` and `ARM/LANG`, seeds x examples). `reused`: `record` is a finished record, nothing ran."""
+    record: dict
+    arrays: dict = field(default_factory=dict)
+    reused: bool = False
+
+
+def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
+    """Train and evaluate both arms of a cell for every seed. `finished(config_key)` returns a finished record
+    of the same configuration to reuse (resume), or None to train.
+
+    With tuning (ctx.tune), each arm of each seed is selected on the validation split (_select) and only the
+    selected model is evaluated on the test sets; without, each arm trains once with the profile's recipe."""
+    p = ctx.profile
+    spec = p.models[cell.model]
+    t0 = time.perf_counter()
+    space = p.tuning if ctx.tune else None
+    target = load_dataset(ctx, p.targets[(cell.task, cell.domain)],
+                          validation_fraction=space.validation_fraction if space else None)
+    main = main_metric(cell.task, target.train.labels if target.labels else None, target.spec.main_metric)
+    key = config_key(ctx, cell, target.digest, main[0])
+    if not ctx.rerun:
+        done = finished(key)
+        if done is not None:
+            log.info("%s: finished record of the same configuration reused (--rerun trains again)", cell.id)
+            return Outcome(done, reused=True)
+    inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
+    flops.reset_peak_memory(ctx.device)
+    tok = tokenizer_for(ctx, cell.model)
+    hp = p.target_train
+    train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
+    test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels) for lang, s in target.tests.items()}
+    val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels) if space else None
+    num_labels = task_type(cell.task).num_labels(target.labels)
+    pad, left = tok.pad_token_id, tok.padding_side == "left"
+    timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
+               "eval_s": 0.0}
+    train_examples = eval_examples = 0
+    preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
+    inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
+    for seed in ctx.seeds:
+        for arm in ARMS:
+            body = None
+            if arm == "intermediate":
+                body, meta = intermediate_body(ctx, cell, seed)
+                timings["intermediate_s"] += meta["seconds"]
+                inter_meta.append({"seed": seed, **meta})
+
+            def fresh(body=body, seed=seed):
+                model = build_model(spec, tok, num_labels, hp.max_length, seed)
+                if body is not None:
+                    model.base_model.load_state_dict(body)
+                return model
+
+            desc = f"{cell.id} {arm} s{seed}"
+            if space is None:
+                model = fresh()
+                info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=desc, compile=ctx.compile)
+                epochs[arm].append(hp.epochs)
+            else:
+                model, result, info = _select(ctx, fresh, train_enc, val_enc, space, main[0], seed, pad, left, desc)
+                selected[arm].append(result)
+                epochs[arm].append(result["choice"]["epochs"])
+            timings["train_s"] += info["seconds"]
+            timings["validation_s"] += info["callback_seconds"]
+            train_examples += info["examples"]
+            t = time.perf_counter()
+            for lang, enc in test_enc.items():
+                preds[arm][lang].append(predict(model, enc, hp.eval_batch_size, ctx.device, pad, left))
+                eval_examples += len(enc)
+            timings["eval_s"] += time.perf_counter() - t
+    record = _record(ctx, cell, target, test_enc, preds, inter_meta, main, key)
+    record["budget"] = _budget(ctx, inter, len(train_enc), epochs, space)
+    if space is not None:
+        record["tuning"] = _tuning_record(space, main[0], selected)
+        record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
+    timings.update(train_examples_per_s=train_examples / max(timings["train_s"], 1e-9),
+                   eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
+                   total_s=time.perf_counter() - t0)
+    record["timings"] = timings
+    runs_epochs = hp.epochs if space is None else len(space.lr) * space.max_epochs
+    record["throughput"] = _throughput(ctx, model, runs_epochs, train_enc, test_enc, timings)
+    return Outcome(record, _arrays(test_enc, preds))
+
+
+def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpace, metric: str, seed: int,
+            pad: int, left: bool, desc: str):
+    """One arm and seed's model, selected on the validation split: a run per learning rate of `space` (as long
+    as its largest epoch count), scored on validation after each epoch. Returns the selected model (best trial's
+    weights), the search result (harness.running.tuning.Search.result) and the runs' summed training info.
+
+    Only validation labels are read here: the test sets are predicted by the caller, after the choice."""
+    hp = ctx.profile.target_train
+    y_val = val_enc.targets
+    search = tuning.Search(space, lambda predictions: FUNCTIONS[metric](y_val, predictions))
+    total = {"seconds": 0.0, "callback_seconds": 0.0, "examples": 0}
+    for lr in space.lr:
+        model = fresh()
+
+        def validate(epoch, model=model, lr=lr):
+            search.observe(lr, epoch, predict(model, val_enc, hp.eval_batch_size, ctx.device, pad, left), model)
+
+        cfg = dataclasses.replace(hp, lr=lr, epochs=space.max_epochs)
+        info = train(model, train_enc, cfg, seed, ctx.device, pad, left, desc=f"{desc} lr={lr:g}",
+                     compile=ctx.compile, on_epoch=validate)
+        for k in total:
+            total[k] += info[k]
+    model.load_state_dict(search.state)
+    return model, search.result(seed), total
+
+
+def _tuning_record(space: tuning.SearchSpace, metric: str, selected: dict) -> dict:
+    """The record's `tuning` block: the space, every trial's validation score and the choice per arm and seed,
+    and each arm's convergence check."""
+    return {"space": space.describe(), "trials_per_arm": space.trials, "metric": metric, "arms": selected,
+            "convergence": {arm: tuning.convergence(results) for arm, results in selected.items()}}
+
+
+def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, space) -> dict:
+    """Optimizer steps behind each arm's evaluated model (mean over seeds): the intermediate arm adds the
+    intermediate task's steps to its target steps. `trained_steps`: every target step the cell ran (all
+    trials, all seeds), the cost of the comparison."""
+    p, hp = ctx.profile, ctx.profile.target_train
+    per_epoch = math.ceil(n_train / hp.batch_size)
+    intermediate = p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
+    target = {arm: float(np.mean(e)) * per_epoch for arm, e in epochs.items()}
+    runs = len(ctx.seeds) * (len(space.lr) * space.max_epochs if space else hp.epochs) * per_epoch
+    return {"direct": {"target_steps": target["direct"], "total_steps": target["direct"]},
+            "intermediate": {"intermediate_steps": intermediate, "target_steps": target["intermediate"],
+                             "total_steps": intermediate + target["intermediate"]},
+            "trained_steps": {arm: runs for arm in ARMS}}
+
+
+def _throughput(ctx, model, epochs: int, train_enc, test_enc, timings) -> dict:
+    """FLOP utilisation of the target training (`epochs` per arm and seed, over all trials) and of the test
+    evaluation (every seed and arm), and the cell's peak memory."""
+    runs = 2 * len(ctx.seeds)
+    train_flops = runs * flops.train_flops(model, lengths_of(train_enc), epochs)
+    eval_flops = runs * sum(flops.forward_flops(model, lengths_of(enc)) for enc in test_enc.values())
+    block = flops.throughput(train_flops, timings["train_s"], eval_flops, timings["eval_s"], ctx.device,
+                             precision(ctx.device))
+    memory = flops.peak_memory(ctx.device)
+    return {**block, "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]}
+
+
+def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tuple, key: str) -> dict:
+    p = ctx.profile
+    task, (main, why) = cell.task, main_why
+    metrics, per_seed = {}, {}
+    for arm, by_lang in preds.items():
+        metrics[arm], per_seed[arm] = {}, {}
+        for lang, runs in by_lang.items():
+            scores = [score(task, test_enc[lang].targets, r) for r in runs]
+            per_seed[arm][lang] = {m: [s[m] for s in scores] for m in task_type(task).metrics}
+            metrics[arm][lang] = {m: float(np.mean(v)) for m, v in per_seed[arm][lang].items()}
+    inter = p.intermediates[task]
+    record = {
+        "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
+        "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
+        "main_metric_reason": why,
+        "language": target.spec.language, "languages": list(test_enc),
+        "metrics": metrics, "metrics_per_seed": per_seed,
+        "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
+        "data": {"target": {"name": target.spec.name, "train": len(target.train),
+                            "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,
+                            "labels": target.labels, **_validation_sizes(target)},
+                 "intermediate": {"name": inter.name, "train": inter_meta[0]["examples"] if inter_meta else None}},
+        "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train),
+                            **({"tuning": p.tuning.describe()} if ctx.tune else {})},
+        "config_key": key,
+        "env": env_info(ctx.device),
+    }
+    return record
+
+
+def _validation_sizes(target: Loaded) -> dict:
+    if target.validation is None:
+        return {}
+    return {"validation": len(target.validation), "validation_source": target.validation_source}
+
+
+def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
+    """Everything that determines a cell's numbers: a record with the same key can be reused (resume). The
+    search space and a non-default main metric join the key only when in use (untuned keys stay as they were)."""
+    import transformers
+    p = ctx.profile
+    extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else [])
+    return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
+                       p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
+                       torch.__version__, transformers.__version__, *extra)
+
+
+def _arrays(test_enc, preds) -> dict:
+    """Per-example predictions: what the gains are computed from, and what robustness is computed from."""
+    arrays = {f"y_true/{lang}": enc.targets for lang, enc in test_enc.items()}
+    for arm, by_lang in preds.items():
+        for lang, runs in by_lang.items():
+            arrays[f"{arm}/{lang}"] = np.stack(runs)
+    return arrays

@@ -1,0 +1,196 @@
+"""Checkpoints, tiny configs and tokenizers.
+
+The `tiny` profile trains each family's tokenizer in that family's own style on the profile corpora
+(WordPiece for BERT, byte-level BPE for RoBERTa, Unigram for XLNet) and builds small random configs.
+Other profiles load checkpoints (a local folder or a hub id) with transformers' Auto classes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.definitions.config import ModelSpec
+from harness.running.cache import atomic_dir, file_digest, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """A checkpoint that cannot be loaded; str() is one line naming the model and how to work offline."""
+
+
+def from_pretrained(loader, spec: ModelSpec, **kwargs):
+    """`loader.from_pretrained` for a hub id or local folder; failures (offline, no such model) in one line."""
+    try:
+        return loader.from_pretrained(spec.source, revision=spec.revision, **kwargs)
+    except OSError as exc:  # hub unreachable, unknown id, missing files: all OSError subclasses
+        raise ModelError(f"{spec.describe}: cannot load model {spec.name!r} ({type(exc).__name__}); offline, use "
+                         f"--profile minilm or a local checkpoint folder in a --spec [models] table") from None
+
+
+TOKENIZER_RECIPE = 2  # bump when tokenizer training changes: part of the tokenizer cache key
+
+# family -> (special tokens, template single, template pair, padding side)
+_SPECIALS = {
+    "bert": dict(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]"),
+    "roberta": dict(pad="<pad>", unk="<unk>", cls="<s>", sep="</s>", mask="<mask>", bos="<s>", eos="</s>"),
+    "xlnet": dict(pad="<pad>", unk="<unk>", cls="<cls>", sep="<sep>", mask="<mask>", bos="<s>", eos="</s>"),
+}
+
+
+def _train_tokenizer(family: str, files: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = _SPECIALS[family]
+    specials = list(dict.fromkeys([sp["pad"], sp["unk"], sp["cls"], sp["sep"], sp["mask"], sp.get("bos", sp["cls"])]))
+    if family == "bert":
+        tok = Tokenizer(models.WordPiece(unk_token=sp["unk"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        # The "##x" pieces are otherwise created in hash-map order, so their ids, the merge tie-breaks and
+        # the vocabulary differ from run to run (huggingface/tokenizers#1794); declared up front they get fixed
+        # ids. They are kept out of the final tokenizer's special tokens (see _rebuild_wordpiece).
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                            special_tokens=specials + _continuations(tok.normalizer, files))
+    elif family == "roberta":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif family == "xlnet":
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=sp["unk"])
+    else:
+        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(_SPECIALS)}")
+    tok.train(files, trainer)
+    if family == "bert":
+        tok = _rebuild_wordpiece(tok, specials, sp["unk"])
+    elif family == "xlnet":
+        tok = _rescore_unigram(tok, files, specials, sp["unk"])
+    cls, sep = sp["cls"], sp["sep"]
+    ids = [(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))]
+    if family == "bert":
+        single, pair = f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"
+    elif family == "roberta":
+        single, pair = f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:0 {sep}:0"
+    else:  # XLNet puts the summary token last and pads on the left
+        single, pair = f"$A:0 {sep}:0 {cls}:2", f"$A:0 {sep}:0 $B:1 {sep}:1 {cls}:2"
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=ids)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if family != "roberta" else [])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=sp["pad"], unk_token=sp["unk"], cls_token=cls, sep_token=sep,
+        mask_token=sp["mask"], padding_side="left" if family == "xlnet" else "right", model_input_names=names)
+
+
+def _continuations(normalizer, files: list[str]) -> list[str]:
+    chars = set()
+    for file in files:
+        chars |= set(normalizer.normalize_str(Path(file).read_text(encoding="utf-8")))
+    return [f"##{c}" for c in sorted(chars) if not c.isspace()]
+
+
+def _rebuild_wordpiece(trained, specials: list[str], unk: str):
+    """The trained WordPiece vocabulary in a fresh tokenizer whose only special tokens are the real ones."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordPiece(json.loads(trained.to_str())["model"]["vocab"], unk_token=unk))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def _rescore_unigram(trained, files: list[str], specials: list[str], unk: str):
+    """Deterministic scores for the trained Unigram pieces.
+
+    UnigramTrainer's EM sums over a hash map, so its scores vary in the last digits from run to run and the
+    ids (ordered by score) with them. Its pieces are kept; each is scored by its smoothed log frequency when
+    the corpus is segmented with all pieces equally likely (fewest pieces), and ids follow (score, piece).
+    """
+    from tokenizers import models
+
+    trained_vocab = json.loads(trained.to_str())["model"]["vocab"]
+    pieces = sorted(p for p, _ in trained_vocab if p not in specials)
+    head = [(p, 0.0) for p, _ in trained_vocab if p in specials]
+    trained.model = models.Unigram(head + [(p, -1.0) for p in pieces], [p for p, _ in head].index(unk), False)
+    counts = np.zeros(len(head) + len(pieces))
+    for file in files:
+        for enc in trained.encode_batch(Path(file).read_text(encoding="utf-8").splitlines(), add_special_tokens=False):
+            np.add.at(counts, enc.ids, 1)
+    scores = np.log((counts[len(head):] + 1) / (counts[len(head):].sum() + len(pieces)))
+    ranked = sorted(zip(pieces, scores.tolist()), key=lambda ps: (-ps[1], ps[0]))
+    trained.model = models.Unigram(head + ranked, [p for p, _ in head].index(unk), False)
+    return trained
+
+
+def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
+    """The tokenizer of a model: trained and cached for tiny configs, else the checkpoint's own."""
+    from transformers import AutoTokenizer
+
+    if spec.source != "tiny":
+        return from_pretrained(AutoTokenizer, spec)
+    vocab = spec.size.get("vocab", 2000)
+    key = fingerprint("tokenizer", TOKENIZER_RECIPE, spec.family, vocab, [file_digest(p) for p in corpus])
+    folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{spec.family}-{key}",
+                        lambda tmp: _train_tokenizer(spec.family, [str(p) for p in corpus], vocab).save_pretrained(tmp))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tiny_config(spec: ModelSpec, tokenizer, num_labels: int, max_length: int):
+    from transformers import BertConfig, RobertaConfig, XLNetConfig
+
+    s = spec.size
+    common = dict(vocab_size=len(tokenizer), num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+    if spec.family == "bert":
+        return BertConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                          intermediate_size=s["ffn"], max_position_embeddings=max_length + 2, **common)
+    if spec.family == "roberta":
+        return RobertaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                             intermediate_size=s["ffn"], max_position_embeddings=max_length + 4, type_vocab_size=1,
+                             **common)
+    if spec.family == "xlnet":
+        return XLNetConfig(d_model=s["hidden"], n_layer=s["layers"], n_head=s["heads"], d_inner=s["ffn"], **common)
+    raise ValueError(f"unknown model family {spec.family!r}; valid: bert, roberta, xlnet")
+
+
+# Families whose transformers implementation has fused scaled-dot-product attention (XLNet's relative attention
+# has none); asked for explicitly so an older transformers does not fall back to the eager implementation.
+SDPA_FAMILIES = ("bert", "roberta")
+
+
+def build_model(spec: ModelSpec, tokenizer, num_labels: int, max_length: int, seed: int):
+    """A sequence classification / regression (num_labels=1) model with every weight trainable.
+
+    The seed fixes the random parts (the whole tiny model; the head of a pretrained one), so the two arms of
+    a cell start from the same head initialisation.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    extra = {"problem_type": "regression"} if num_labels == 1 else {"problem_type": "single_label_classification"}
+    attention = {"attn_implementation": "sdpa"} if spec.family in SDPA_FAMILIES else {}
+    if spec.source == "tiny":
+        config = tiny_config(spec, tokenizer, num_labels, max_length)
+        for key, value in extra.items():
+            setattr(config, key, value)
+        model = AutoModelForSequenceClassification.from_config(config, **attention)
+    else:
+        model = from_pretrained(AutoModelForSequenceClassification, spec, num_labels=num_labels,
+                                ignore_mismatched_sizes=True, **extra, **attention)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def body_state(model) -> dict:
+    """The encoder weights (no task head): what the intermediate arm carries over to the target task."""
+    return {k: v.detach().cpu() for k, v in model.base_model.state_dict().items()}

@@ -1,0 +1,84 @@
+"""The package's layers, enforced: a module imports only its own layer and the ones below, and no two modules
+import each other, directly or round a circle (imports inside functions count too).
+
+    fileio -> definitions -> running -> results -> output -> top (pipeline, __main__, pytest)
+
+Data flows the same way: option -> profile -> cell -> record -> analysis -> summary.
+"""
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+LAYERS = ("fileio", "definitions", "running", "results", "output", "top")
+TOP = ("pipeline", "__main__", "pytest")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> int:
+    first = module.split(".")[1] if "." in module else ""
+    return LAYERS.index("top" if first in TOP else first) if first in LAYERS or first in TOP else -1
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The harness modules `path` imports anywhere in its code (`from harness.x import name` of a submodule
+    `name` counts as importing that submodule)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("harness.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("harness"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else node.module)
+    return found - {"harness"}
+
+
+def graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: imports(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def test_every_module_belongs_to_a_layer():
+    unplaced = [m for m in graph() if m != "harness" and layer(m) < 0]
+    assert not unplaced, f"modules outside the layers {LAYERS}: {unplaced}"
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = sorted(f"{m} ({LAYERS[layer(m)]}) imports {t} ({LAYERS[layer(t)]})"
+                    for m, targets in graph().items() if m != "harness" for t in targets if layer(t) > layer(m))
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle():
+    try:
+        tuple(graphlib.TopologicalSorter(graph()).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+
+def test_only_the_pytest_layer_imports_pytest():
+    offenders = [module_name(p) for p in PACKAGE.rglob("*.py") if not module_name(p).startswith("harness.pytest")
+                 and any(isinstance(n, (ast.Import, ast.ImportFrom))
+                         and ("pytest" in {a.name.split(".")[0] for a in n.names} if isinstance(n, ast.Import)
+                              else (n.module or "").split(".")[0] in ("pytest", "_pytest", "xdist") and n.level == 0)
+                         for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+    assert not offenders, offenders
+
+
+def test_the_checks_can_fail(tmp_path):
+    """The walker sees a function-level import and a submodule imported by `from package import name`."""
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from harness.output import report\n    import harness.results.stats\n")
+    assert imports(src, {"harness.output.report"}) == {"harness.output.report", "harness.results.stats"}
+    assert layer("harness.output.report") > layer("harness.running.cell")
+    with pytest.raises(graphlib.CycleError):
+        tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
