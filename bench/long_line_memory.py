@@ -26,7 +26,7 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
 from harness.definitions.tasks import task_type
 from harness.definitions import data as D
-from harness.definitions.config import DatasetSpec
+from harness.definitions.config import DatasetConfig
 root, cut = Path(sys.argv[1]), sys.argv[2] == "cut"
 if not cut:
     D.CHARS_PER_TOKEN = 10**12
@@ -34,7 +34,7 @@ wp = BertWordPieceTokenizer()
 wp.train([str(root / "corpus.txt")], vocab_size=500)
 tok = PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, pad_token="[PAD]", unk_token="[UNK]")
 start = peak_mb()
-spec = DatasetSpec(name="long", task="sentiment", domain="legal", path="long")
+spec = DatasetConfig(name="long", task="sentiment", domain="legal", path="long")
 split = D.load_split(spec, root, "train", cache_dir=root / "hf-cache")
 loaded = peak_mb()
 enc = D.encode(tok, split, 128, task_type("sentiment").label_set(split.labels))

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from harness.definitions import data as D
-from harness.definitions.config import ModelSpec, TrainConfig
+from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
 from harness.running import flops
@@ -51,7 +51,7 @@ SEED = 0
 @dataclass
 class Case:
     name: str
-    spec: ModelSpec
+    spec: ModelConfig
     tokenizer: object
     cfg: TrainConfig
     train: D.Encoded

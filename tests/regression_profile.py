@@ -29,7 +29,7 @@ def pytest_configure(config):
     _degraded[:] = [t for t in config.getoption("degrade_intermediate").split(",") if t]
 
 
-def _shuffled(spec: profiles.DatasetSpec, root: Path, cache_dir: Path) -> profiles.DatasetSpec:
+def _shuffled(spec: profiles.DatasetConfig, root: Path, cache_dir: Path) -> profiles.DatasetConfig:
     """A copy of the data set's train split whose labels are permuted (fixed seed) among its rows."""
     rows = [json.loads(line) for line in (root / spec.path / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     labels = [r[spec.label] for r in rows]

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from harness.definitions.config import DatasetSpec
+from harness.definitions.config import DatasetConfig
 from harness.definitions.data import DataError, encode, load_split
 from harness.definitions.tasks import task_type
 
-CLS = DatasetSpec(name="toy", task="classification", domain="general")
-SIM = DatasetSpec(name="toy-sim", task="similarity", domain="general", text="text_a", text_b="text_b", label="score")
+CLS = DatasetConfig(name="toy", task="classification", domain="general")
+SIM = DatasetConfig(name="toy-sim", task="similarity", domain="general", text="text_a", text_b="text_b", label="score")
 GOOD = [{"text": "alpha beta", "label": "x"}, {"text": "gamma delta", "label": "y"}]
 
 

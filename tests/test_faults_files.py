@@ -22,7 +22,7 @@ from recordgen import golden_records, make_record, predictions, write_golden_pre
 from harness import fileio
 from harness.__main__ import main
 from harness.definitions import data as D
-from harness.definitions.config import DatasetSpec
+from harness.definitions.config import DatasetConfig
 from harness.output.report import write_summary
 from harness.results import baselines
 from harness.results import record as R
@@ -271,7 +271,7 @@ def test_text_that_is_not_utf8_is_one_line_naming_file_row_field_and_data_set(tm
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / f"train.{fmt}").write_bytes(content)
-    spec = DatasetSpec(name="my-contracts", task="sentiment", domain="legal", format=fmt, path="mine")
+    spec = DatasetConfig(name="my-contracts", task="sentiment", domain="legal", format=fmt, path="mine")
     with pytest.raises(D.DataError) as info:
         D.load_split(spec, tmp_path, "train", cache_dir=tmp_path / "cache")
     message = str(info.value)

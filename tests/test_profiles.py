@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.definitions.config import DatasetSpec, ModelSpec
+from harness.definitions.config import DatasetConfig, ModelConfig
 from harness.definitions.grid import Cell
 from harness.definitions.profiles import load_profile
 from tests.conftest import write_jsonl
@@ -69,7 +69,7 @@ def test_minilm_weights_load_offline():
 
     from harness.running.models import build_model, load_tokenizer
 
-    spec = ModelSpec("bert", "bert", str(get_model_path()))
+    spec = ModelConfig("bert", "bert", str(get_model_path()))
     tok = load_tokenizer(spec, [], Path("unused"))
     enc = tok("a first sentence", "and a second", return_token_type_ids=True)
     assert enc["input_ids"][0] == tok.cls_token_id and set(enc["token_type_ids"]) == {0, 1}
@@ -121,7 +121,7 @@ def test_train_fraction_carves_disjoint_train_and_test(tmp_path):
 
     rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
     write_jsonl(tmp_path / "d" / "train.jsonl", rows)
-    spec = DatasetSpec("d", "classification", "general", path="d", train_fraction=0.7)
+    spec = DatasetConfig("d", "classification", "general", path="d", train_fraction=0.7)
     train = load_split(spec, tmp_path, "train")
     test = load_split(spec, tmp_path, "test", ["a", "b"])
     assert (len(train), len(test)) == (14, 6)

@@ -136,25 +136,25 @@ def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokeni
 # ---------------------------------------------------------------- validation split and main metric
 
 def test_validation_split_own_unused_rows_or_carved(tmp_path):
-    from harness.definitions.config import DatasetSpec
+    from harness.definitions.config import DatasetConfig
 
     rows = [{"text": f"sentence {i}", "label": "ab"[i % 2]} for i in range(40)]
     write_jsonl(tmp_path / "own" / "train.jsonl", rows)
     write_jsonl(tmp_path / "own" / "dev.jsonl", rows[:10] + [{"text": "odd one", "label": "c"}])
     write_jsonl(tmp_path / "own" / "test.jsonl", rows[:5])
     write_jsonl(tmp_path / "plain" / "train.jsonl", rows)
-    own = DatasetSpec("own", "classification", "general", path="own")
+    own = DatasetConfig("own", "classification", "general", path="own")
     train = D.load_split(own, tmp_path, "train")
     tr, val, source = D.validation_split(own, tmp_path, train, ["a", "b"], 0.15)
     assert source == "own" and tr is train and len(val) == 10  # the unknown label 'c' is left out
 
-    sub = DatasetSpec("plain", "classification", "general", path="plain", max_train=20, max_test=8)
+    sub = DatasetConfig("plain", "classification", "general", path="plain", max_train=20, max_test=8)
     train = D.load_split(sub, tmp_path, "train", limit=20)
     tr, val, source = D.validation_split(sub, tmp_path, train, ["a", "b"], 0.15)
     assert source == "unused training rows" and tr is train and len(val) == 8
     assert not set(val.texts) & set(train.texts)
 
-    whole = DatasetSpec("plain", "classification", "general", path="plain")
+    whole = DatasetConfig("plain", "classification", "general", path="plain")
     train = D.load_split(whole, tmp_path, "train")
     tr, val, source = D.validation_split(whole, tmp_path, train, ["a", "b"], 0.15)
     assert source == "carved" and (len(tr), len(val)) == (34, 6)

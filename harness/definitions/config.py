@@ -1,7 +1,7 @@
 """Config types: training hyper-parameters, model rows, data sets and the profile that holds them all.
 
 Plain frozen dataclasses with no behaviour beyond what the types themselves answer; parsing and validation
-live in harness/definitions/specfile.py, the shipped profiles in harness/definitions/profiles/ (TOML) and harness/definitions/profiles.py (registry).
+live in harness/definitions/specfile.py, the shipped profiles in harness/definitions/profiles/ (TOML files and the registry).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelConfig:
     """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id."""
     name: str
     family: str
@@ -43,7 +43,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetConfig:
     """A data set described declaratively (profile or --spec file). Paths are relative to the data root.
 
     `path` is a folder holding `train`/`validation`/`test` files with the format's extension (jsonl, csv,
@@ -83,16 +83,16 @@ class DatasetSpec:
     main_metric: str | None = field(default=None, repr=False)
     source: str = "profile"  # where it was declared, for error messages
 
-    def replace(self, **changes) -> "DatasetSpec":
+    def replace(self, **changes) -> "DatasetConfig":
         return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    models: dict  # grid model name -> ModelSpec
-    targets: dict  # (task, domain) -> DatasetSpec
-    intermediates: dict  # task -> DatasetSpec
+    models: dict  # grid model name -> ModelConfig
+    targets: dict  # (task, domain) -> DatasetConfig
+    intermediates: dict  # task -> DatasetConfig
     data_root: Path
     target_train: TrainConfig = TrainConfig()
     intermediate_train: TrainConfig = TrainConfig(epochs=2)
@@ -100,7 +100,7 @@ class Profile:
     threads: int | None = None  # torch threads per process; None: split the cores among workers
     tokenizer_corpus: tuple = ()  # files (relative to data_root) for training tokenizers; () = use pretrained
     missing: dict = field(default_factory=dict)  # (task, domain) -> why the profile has no data set there
-    model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelSpec} (--model-set)
+    model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelConfig} (--model-set)
     tune: bool = False  # per-arm selection on validation data by default (pytest --tune / --no-tune)
     tuning: SearchSpace = SearchSpace()  # its search space (a [tuning] table overrides it)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.definitions.config import DatasetSpec
+from harness.definitions.config import DatasetConfig
 from harness.definitions.tasks import task_type
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Encoded:
         return len(self.input_ids)
 
 
-def split_file(spec: DatasetSpec, root: Path, split: str) -> Path:
+def split_file(spec: DatasetConfig, root: Path, split: str) -> Path:
     """Where a split lives: `path/<split>.<ext>` under the root, or the data set's `splits` override; for hub
     data sets the `HUB_ID[:CONFIG]` reference itself (the split name is resolved when reading)."""
     if spec.format == "hf":
@@ -58,12 +58,12 @@ def split_file(spec: DatasetSpec, root: Path, split: str) -> Path:
     return Path(root) / spec.path / f"{split}.{EXTENSIONS[spec.format]}"
 
 
-def cross_lingual_file(spec: DatasetSpec, root: Path, ref: str) -> str:
+def cross_lingual_file(spec: DatasetConfig, root: Path, ref: str) -> str:
     """A cross-lingual test set: a file relative to the root, or `HUB_ID[:CONFIG]` for hub data sets."""
     return ref if spec.format == "hf" else str(Path(root) / ref)
 
 
-def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
+def _read(spec: DatasetConfig, file: str, split: str, cache_dir: Path | None):
     """Read one split with `datasets`; a parse failure is turned into a one-line error naming the row."""
     import datasets
 
@@ -92,7 +92,7 @@ def _read(spec: DatasetSpec, file: str, split: str, cache_dir: Path | None):
         raise DataError(_locate_parse_error(file, spec, exc)) from None
 
 
-def _not_utf8(file: str, spec: DatasetSpec) -> str | None:
+def _not_utf8(file: str, spec: DatasetConfig) -> str | None:
     """The first byte that is not UTF-8, as `FILE: row N field 'F': ...`, or None when the file is UTF-8."""
     delimiter = "\t" if spec.format == "tsv" else ","
     header = None
@@ -128,7 +128,7 @@ def _field_with_bad_bytes(text: str, header: list | None, delimiter: str, fmt: s
     return keys[0] if keys else "?"
 
 
-def _locate_parse_error(file: str, spec: DatasetSpec, exc: Exception) -> str:
+def _locate_parse_error(file: str, spec: DatasetConfig, exc: Exception) -> str:
     """Re-read a file the reader rejected with the standard library to name the first bad row."""
     encoding = _not_utf8(file, spec)
     if encoding:
@@ -156,7 +156,7 @@ def _locate_parse_error(file: str, spec: DatasetSpec, exc: Exception) -> str:
     return f"{file}: row ? field '?': cannot parse ({first[:200]})"
 
 
-def load_split(spec: DatasetSpec, root: Path, split: str, labels: list | None = None,
+def load_split(spec: DatasetConfig, root: Path, split: str, labels: list | None = None,
                file: str | None = None, cache_dir: Path | None = None, limit: int | None = None,
                seed: int = 0) -> Split:
     """Load and validate one split. `labels` (from train) is the closed label set other splits must use.
@@ -200,7 +200,7 @@ def load_split(spec: DatasetSpec, root: Path, split: str, labels: list | None = 
     return Split(file, texts, texts_b, split_labels)
 
 
-def _where(file: str, spec: DatasetSpec, row: int, field: str) -> str:
+def _where(file: str, spec: DatasetConfig, row: int, field: str) -> str:
     """`FILE: row N field 'F'`, N as users count: the line number for JSONL (the reader skips blank lines)."""
     if spec.format == "jsonl":
         with open(file, encoding="utf-8", errors="replace") as f:
@@ -209,7 +209,7 @@ def _where(file: str, spec: DatasetSpec, row: int, field: str) -> str:
     return f"{file}: row {row} field '{field}'"
 
 
-def _check_labels(spec: DatasetSpec, file: str, raw: list, labels: list | None) -> list:
+def _check_labels(spec: DatasetConfig, file: str, raw: list, labels: list | None) -> list:
     """Scores as floats (regression tasks) or labels as strings, each checked; `labels` closes the label set."""
     check = _score if task_type(spec.task).regression else (lambda value: _label(value, labels))
     out = []
@@ -278,7 +278,7 @@ def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Enc
 VALIDATION_NAMES = ("validation", "dev")
 
 
-def own_validation_file(spec: DatasetSpec, root: Path) -> str | None:
+def own_validation_file(spec: DatasetConfig, root: Path) -> str | None:
     """The data set's own validation split, when it has one that training does not read: its `splits` entry
     `validation` (a file, or a hub split name), else `path/validation.<ext>` or `path/dev.<ext>`."""
     if "validation" in spec.splits:
@@ -293,7 +293,7 @@ def own_validation_file(spec: DatasetSpec, root: Path) -> str | None:
     return None
 
 
-def validation_split(spec: DatasetSpec, root: Path, train: Split, labels: list | None, fraction: float,
+def validation_split(spec: DatasetConfig, root: Path, train: Split, labels: list | None, fraction: float,
                      cache_dir: Path | None = None) -> tuple[Split, Split, str]:
     """(train, validation, source) for model selection; the validation split never overlaps training or test:
     - `own`: the data set's own validation split (own_validation_file), up to max_test examples; train as is;

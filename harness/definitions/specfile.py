@@ -48,7 +48,7 @@ from pathlib import Path
 import tomllib
 
 from harness.definitions import data as D
-from harness.definitions.config import DatasetSpec, ModelSpec, Profile, TrainConfig
+from harness.definitions.config import DatasetConfig, ModelConfig, Profile, TrainConfig
 from harness.definitions.grid import MODELS, TASKS
 from harness.definitions.space import TuningError, parse_space
 from harness.definitions.tasks import TASK_TYPES, task_type
@@ -201,8 +201,8 @@ def _where(spec_file: Path, number: int, entry: dict) -> str:
     return f"{spec_file}: [[dataset]] {number}" + (f" ({name})" if isinstance(name, str) else "")
 
 
-def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> DatasetSpec:
-    """One [[dataset]] table -> DatasetSpec (paths absolute), with every key and value checked statically."""
+def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> DatasetConfig:
+    """One [[dataset]] table -> DatasetConfig (paths absolute), with every key and value checked statically."""
     where = _where(spec_file, number, entry)
 
     def fail(key: str, problem: str):
@@ -260,7 +260,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
 
     fields = ("text", "text_b", "label") if len(columns) == 3 else ("text", "label")
     names = dict(zip(fields, (entry.get(c, c) for c in columns)))
-    return DatasetSpec(
+    return DatasetConfig(
         name=entry["name"], task=task, domain=entry["domain"], role=role, language=entry.get("language", "en"),
         format=fmt, path=place(entry["path"]), revision=entry.get("revision"),
         cross_lingual={lang: place(ref) for lang, ref in tables["cross_lingual"].items()},
@@ -280,7 +280,7 @@ def _string_table(entry: dict, key: str, fail) -> dict:
     return table
 
 
-def validate_files(ds: DatasetSpec, spec_file: Path, number: int, entry: dict, cache_dir: Path | None) -> None:
+def validate_files(ds: DatasetConfig, spec_file: Path, number: int, entry: dict, cache_dir: Path | None) -> None:
     """Read every local split the runner will read (all rows, no subsampling) and fail on the first problem,
     naming the spec key it comes from. Hub data sets are left to run time (no network at collection)."""
     if ds.format == "hf":
@@ -335,14 +335,14 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
             raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} or "
                             f"{{skip = \"why\"}}, got {value!r}")
         if "skip" in value:
-            out[name] = ModelSpec(name, name, skip_reason=value["skip"])
+            out[name] = ModelConfig(name, name, skip_reason=value["skip"])
             continue
         source = value["source"]
         if source.startswith("package:"):
             source = _package_weights(source.removeprefix("package:"), at)
         elif (root / source).is_dir():
             source = str((root / source).resolve())
-        out[name] = ModelSpec(name, name, source, revision=value.get("revision"))
+        out[name] = ModelConfig(name, name, source, revision=value.get("revision"))
     return out
 
 

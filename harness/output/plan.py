@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.definitions.config import DatasetSpec, Profile
+from harness.definitions.config import DatasetConfig, Profile
 from harness.definitions.grid import Cell
 
 
@@ -29,14 +29,14 @@ class PlanRow:
     skip: str | None = None
 
 
-def revision_of(spec: DatasetSpec) -> str:
+def revision_of(spec: DatasetConfig) -> str:
     """`name@revision` of a hub data set (`unpinned` when the profile pins none); local data sets by name."""
     if spec.format != "hf":
         return spec.name
     return f"{spec.name}@{spec.revision or 'UNPINNED'}"
 
 
-def train_size(spec: DatasetSpec, root: Path) -> int | None:
+def train_size(spec: DatasetConfig, root: Path) -> int | None:
     """Training examples of a data set when known without downloading: the `sizes` table, or a local file's rows;
     the paper recipe's `train_fraction` and the `max_train` subsample applied."""
     rows = spec.sizes.get("train")
@@ -49,7 +49,7 @@ def train_size(spec: DatasetSpec, root: Path) -> int | None:
     return min(rows, spec.max_train) if spec.max_train else rows
 
 
-def eval_size(spec: DatasetSpec, root: Path) -> int | None:
+def eval_size(spec: DatasetConfig, root: Path) -> int | None:
     rows = spec.sizes.get("test")
     if rows is None and spec.format != "hf" and not spec.train_fraction:
         rows = _local_rows(spec, root, "test")
@@ -60,7 +60,7 @@ def eval_size(spec: DatasetSpec, root: Path) -> int | None:
     return min(rows, spec.max_test) if spec.max_test else rows
 
 
-def _local_rows(spec: DatasetSpec, root: Path, split: str) -> int | None:
+def _local_rows(spec: DatasetConfig, root: Path, split: str) -> int | None:
     from harness.definitions.data import split_file
 
     file = split_file(spec, root, "train" if spec.train_fraction else split)

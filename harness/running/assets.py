@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from harness.definitions import data as D
-from harness.definitions.config import DatasetSpec, Profile
+from harness.definitions.config import DatasetConfig, Profile
 from harness.definitions.grid import Cell
 from harness.definitions.tasks import task_type
 from harness.running.cache import atomic_dir, cached_encoding, file_digest, fingerprint, tokenizer_digest
@@ -43,7 +43,7 @@ class RunContext:
 class Loaded:
     """A data set's splits after validation: train, the test split per language, label set and sizes; with
     tuning, the validation split and where it came from (harness.definitions.data.validation_split)."""
-    spec: DatasetSpec
+    spec: DatasetConfig
     train: D.Split
     tests: dict
     labels: list | None
@@ -52,7 +52,7 @@ class Loaded:
     validation_source: str | None = None
 
 
-def load_dataset(ctx: RunContext, spec: DatasetSpec, with_tests: bool = True,
+def load_dataset(ctx: RunContext, spec: DatasetConfig, with_tests: bool = True,
                  validation_fraction: float | None = None) -> Loaded:
     def make():
         root = ctx.profile.data_root

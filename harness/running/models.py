@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.definitions.config import ModelSpec
+from harness.definitions.config import ModelConfig
 from harness.running.cache import atomic_dir, file_digest, fingerprint
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ class ModelError(Exception):
     """A checkpoint that cannot be loaded; str() is one line naming the model and how to work offline."""
 
 
-def from_pretrained(loader, spec: ModelSpec, **kwargs):
+def from_pretrained(loader, spec: ModelConfig, **kwargs):
     """`loader.from_pretrained` for a hub id or local folder; failures (offline, no such model) in one line."""
     try:
         return loader.from_pretrained(spec.source, revision=spec.revision, **kwargs)
@@ -132,7 +132,7 @@ def _rescore_unigram(trained, files: list[str], specials: list[str], unk: str):
     return trained
 
 
-def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
+def load_tokenizer(spec: ModelConfig, corpus: list[Path], cache_dir: Path):
     """The tokenizer of a model: trained and cached for tiny configs, else the checkpoint's own."""
     from transformers import AutoTokenizer
 
@@ -145,7 +145,7 @@ def load_tokenizer(spec: ModelSpec, corpus: list[Path], cache_dir: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def tiny_config(spec: ModelSpec, tokenizer, num_labels: int, max_length: int):
+def tiny_config(spec: ModelConfig, tokenizer, num_labels: int, max_length: int):
     from transformers import BertConfig, RobertaConfig, XLNetConfig
 
     s = spec.size
@@ -167,7 +167,7 @@ def tiny_config(spec: ModelSpec, tokenizer, num_labels: int, max_length: int):
 SDPA_FAMILIES = ("bert", "roberta")
 
 
-def build_model(spec: ModelSpec, tokenizer, num_labels: int, max_length: int, seed: int):
+def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int):
     """A sequence classification / regression (num_labels=1) model with every weight trainable.
 
     The seed fixes the random parts (the whole tiny model; the head of a pretrained one), so the two arms of

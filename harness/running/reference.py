@@ -154,7 +154,7 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
     yelp, amazon and imdb in `data_dir`, the folder of ../shared/data), tested on all 600 of their test
     sentences, with the minilm profile's target recipe."""
     from harness.definitions import data as D
-    from harness.definitions.config import DatasetSpec
+    from harness.definitions.config import DatasetConfig
     from harness.definitions.profiles import load_profile
     from harness.running.assets import RunContext, load_dataset, tokenizer_for
     from harness.running.models import load_tokenizer
@@ -171,7 +171,7 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
     profile = load_profile("minilm", data_dir, cache_dir)  # a one-line ValueError without data or weights
 
     def uci(split: str) -> D.Split:
-        parts = [D.load_split(DatasetSpec(f"uci-{s}", "sentiment", "general", path=f"uci_sentiment/{s}"),
+        parts = [D.load_split(DatasetConfig(f"uci-{s}", "sentiment", "general", path=f"uci_sentiment/{s}"),
                               Path(data_dir), split) for s in UCI_SOURCES]
         return D.Split("uci_sentiment/*", sum((p.texts for p in parts), []), None, sum((p.labels for p in parts), []))
 

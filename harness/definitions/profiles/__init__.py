@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from harness.definitions.config import DatasetSpec, ModelSpec, Profile, TrainConfig
+from harness.definitions.config import DatasetConfig, ModelConfig, Profile, TrainConfig
 from harness.definitions.grid import DOMAINS, GRID_TASKS, MODELS
 from harness.definitions.specfile import SpecError, apply_spec, read_profile
 
@@ -19,15 +19,15 @@ def tiny(data_dir: Path | None, cache_dir: Path) -> Profile:
 
     root = Path(data_dir) if data_dir else ensure_corpora(Path(cache_dir) / "fixtures")
     size = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "vocab": 2000}
-    models = {m: ModelSpec(m, m, "tiny", size=size) for m in MODELS}
+    models = {m: ModelConfig(m, m, "tiny", size=size) for m in MODELS}
     text = {"similarity": dict(text="text_a", text_b="text_b", label="score")}
     targets = {
-        (t, d): DatasetSpec(name=f"tiny-{t}-{d}", task=t, domain=d, path=f"{t}-{d}/en",
+        (t, d): DatasetConfig(name=f"tiny-{t}-{d}", task=t, domain=d, path=f"{t}-{d}/en",
                             cross_lingual={lang: f"{t}-{d}/{lang}/test.jsonl" for lang in LANGUAGES if lang != "en"},
                             **text.get(t, {}))
         for t in GRID_TASKS for d in DOMAINS
     }
-    intermediates = {t: DatasetSpec(name=f"tiny-{t}-intermediate", task=t, domain="general", role="intermediate",
+    intermediates = {t: DatasetConfig(name=f"tiny-{t}-intermediate", task=t, domain="general", role="intermediate",
                                     path=f"{t}-intermediate/en", **text.get(t, {})) for t in GRID_TASKS}
     return Profile(
         name="tiny", models=models, targets=targets, intermediates=intermediates, data_root=root,
