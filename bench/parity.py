@@ -26,7 +26,7 @@ from scipy import stats
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.running.reference import ARMS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
+from harness.running.reference import LOOPS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -34,7 +34,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def summary(name: str, runs: list) -> dict:
     """Means per arm; the largest |harness - trainer_same_batches|; harness - trainer as mean and t-interval."""
     row = {"case": name, "seeds": len(runs)}
-    for arm in ARMS:
+    for arm in LOOPS:
         values = [r[arm] for r in runs if arm in r]
         if values:
             row[f"{arm}_mean"] = float(np.mean(values))
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(PARITY_CASES), choices=PARITY_CASES)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(LOOPS), choices=LOOPS)
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA, help="../shared/data (for minilm)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/transfer-bench"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the tiny profile)")

@@ -17,7 +17,6 @@ import pytest
 from micro_profile import grid_command
 from recordgen import make_record, write_records
 
-from harness.pytest.session import parse_seeds
 from harness.results.record import load_records, record_path
 from tests.conftest import write_jsonl
 from tests.test_spec import CONTRACTS
@@ -248,18 +247,6 @@ def test_bad_seeds_are_a_usage_error(tmp_path, value, message):
 
 def test_bad_seeds_in_the_ini_file_are_a_usage_error(tmp_path):
     assert "--seeds '0'" in _usage_error(tmp_path, "-o", "seeds=0", seeds=False)
-
-
-@pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), ("1", [0]), ("3,4,5", [3, 4, 5]),
-                                         (" 7 , 2 ", [7, 2]), ("0,1", [0, 1])])
-def test_parse_seeds(text, seeds):
-    assert parse_seeds(text) == seeds
-
-
-@pytest.mark.parametrize("text", ["0", "-2", "", " ", "x", "1.5", "3,3", "1,-1", "1,", ",2"])
-def test_parse_seeds_rejects(text):
-    with pytest.raises(ValueError, match=r"--seeds .*expected a count"):
-        parse_seeds(text)
 
 
 def _collect(tmp: Path, *args) -> subprocess.CompletedProcess:

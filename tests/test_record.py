@@ -143,15 +143,6 @@ def test_load_records_keeps_good_ones_and_reports_bad_ones(tmp_path):
     assert len(errors) == 1 and "bert-sentiment-medical.json" in errors[0]
 
 
-def test_gains_problem_and_gain_text():
-    assert R.gains_problem(_record()) is None
-    assert R.gains_problem({"gain": {"en": {"mean": 1}}}) == "field 'gain.en.ci_low': missing"
-    assert R.gains_problem({}) == "field 'gain': missing"
-    assert R.gain_text({"mean": 0.1, "ci_low": -0.02, "ci_high": 0.25, "verdict": "neutral"}) == \
-        "+0.100 [-0.020, +0.250] neutral"
-    assert R.gain_text(None) == "missing"
-
-
 def test_predictions_round_trip_and_a_damaged_file_is_one_line(tmp_path):
     arrays = {"y_true/en": np.arange(5), "direct/en": np.ones((3, 5), np.float32)}
     path = R.save_predictions(tmp_path, "a-b-c", arrays)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.running.reference import ARMS, HarnessBatches, compare_loops, parity_case
+from harness.running.reference import LOOPS, HarnessBatches, compare_loops, parity_case
 from harness.running.train import length_grouped_batches
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,7 +59,7 @@ def test_harness_matches_trainer_on_the_same_batches(name, tmp_path, parity_cach
         pytest.skip(str(err))
     seeds = (0,) if name == "minilm" else (0, 1)
     for seed in seeds:
-        result = compare_loops(case, seed, tmp_path, arms=ARMS[:2])
+        result = compare_loops(case, seed, tmp_path, arms=LOOPS[:2])
         log.info("%s seed %d: %s", name, seed, result)
         assert abs(result["harness"] - result["trainer_same_batches"]) <= 0.01 + 1e-9, (name, seed, result)
         assert result["weight_diff"] < 1e-3, (name, seed, result)

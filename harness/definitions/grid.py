@@ -40,8 +40,9 @@ def cells(models=MODELS, tasks=GRID_TASKS, domains=DOMAINS) -> list[Cell]:
 
 
 def parse_cell_id(cell_id: str) -> Cell:
+    """The one reader of cell ids: `MODEL-TASK-DOMAIN` (a domain may itself contain dashes)."""
     parts = cell_id.split("-", 2)
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(parts):
         raise ValueError(f"cell id {cell_id!r} is not MODEL-TASK-DOMAIN")
     return Cell(*parts)
 

@@ -13,8 +13,9 @@ import subprocess
 import pytest
 
 from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell
+from harness.pytest.options import add_options
 from harness.pytest.selection import CellGroupScheduling, cell_of, exit_description, select_by_keyword
-from harness.pytest.session import CellRunner, Session, add_options
+from harness.pytest.session import CellRunner, Session
 
 _SESSION = pytest.StashKey[Session]()
 _PROFILE_ERROR = pytest.StashKey[pytest.UsageError]()

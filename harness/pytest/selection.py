@@ -9,7 +9,7 @@ from _pytest.mark import KeywordMatcher
 from _pytest.mark.expression import Expression
 from xdist.scheduler import LoadGroupScheduling
 
-from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell
+from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell, parse_cell_id
 
 
 def cell_of(nodeid: str) -> Cell | None:
@@ -17,8 +17,11 @@ def cell_of(nodeid: str) -> Cell | None:
     match = re.search(r"\[([^\[\]]+)\](@[^\]]*)?$", nodeid)
     if not match:
         return None
-    parts = match.group(1).split("-", 2)
-    return Cell(*parts) if len(parts) == 3 and parts[0] in MODELS and parts[1] in TASKS else None
+    try:
+        cell = parse_cell_id(match.group(1))
+    except ValueError:
+        return None
+    return cell if cell.model in MODELS and cell.task in TASKS else None
 
 
 # ---------------------------------------------------------------- -k

@@ -1,4 +1,4 @@
-"""Run state of one pytest process: the options (declared once, in OPTIONS), the settings they resolve to,
+"""Run state of one pytest process: the settings its options (harness/pytest/options.py) resolve to,
 the profile and run context, what the run's cells did, and the end-of-run summary and baseline update.
 (Imports that may load torch are deferred: plugin.py says why.)"""
 from __future__ import annotations
@@ -7,111 +7,16 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell, check_names
+from harness.definitions.grid import MODELS, TASKS, Cell, check_names
+from harness.pytest.options import OPTIONS, parse_seeds, setting
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"  # user property: the path of the record a cell wrote
 BASELINE_KEY = "transfer_baseline"  # user property: (cell id, baseline status, moved verdicts, precision note)
-
-
-@dataclass(frozen=True)
-class Option:
-    """A pytest option of the plugin. With `ini`, also settable in `[tool.pytest.ini_options]` under `dest`;
-    the command line wins over the ini file, which wins over `default`."""
-    flag: str
-    help: str
-    default: str | None = None
-    ini: bool = False
-    switch: bool = False  # a flag without a value (store_true)
-    negated: str | None = None  # with `switch`: the flag that sets it False (unset: None, the profile decides)
-    metavar: str | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag[2:].replace("-", "_")
-
-
-def _names(kind, valid, more=""):
-    return f"comma-separated {kind} to run (default: all of {', '.join(valid)}{more})"
-
-
-# Every option of the plugin, in `pytest --help` order: add new options here.
-OPTIONS = (
-    Option("--profile", "profile naming models, data and hyper-parameters (tiny, minilm, paper)", "tiny", ini=True),
-    Option("--seeds", "seeds per arm: a count N (seeds 0..N-1) or a comma list (3,4,5); default: the profile's",
-           ini=True, metavar="N|LIST"),
-    Option("--data-dir", "root folder of the profile's data sets (tiny: generated corpora)", ini=True),
-    Option("--spec", "TOML file of extra data sets / cells (see README: bring your own data)", ini=True),
-    Option("--results-dir", "where cell records (cells/) and the run summary go", "results", ini=True),
-    Option("--baselines", "folder of recorded baselines, one JSON file per profile", "baselines", ini=True),
-    Option("--cache-dir", "intermediate checkpoints, tokenizers, generated corpora and data caches",
-           ".cache/transfer-bench", ini=True),
-    Option("--models", _names("models", MODELS)),
-    Option("--tasks", _names("tasks", TASKS)),
-    Option("--domains", _names("domains", DOMAINS, " and spec domains")),
-    Option("--update-baselines", "record the cells that ran as baselines", switch=True),
-    Option("--strict-baselines", "a cell with no baseline fails", switch=True),
-    Option("--baseline-margin", "smallest change of a gain or main metric that can fail the baseline check "
-           "(default: harness.results.baselines.MARGIN)", metavar="X"),
-    Option("--rerun", "retrain cells even when a finished record exists", switch=True),
-    Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
-           "seconds per model and shape bucket)", switch=True),
-    Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
-           "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
-           switch=True, negated="--no-tune"),
-    Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "
-           "mBERT and XLM-R; `--models` still filters rows)", metavar="NAME"),
-    Option("--plan", "print what would run (cells, model and data set revisions, sizes, epochs, training "
-           "examples, estimated time) and exit without training", switch=True),
-    Option("--shard", "run only shard I of N (1-based): a deterministic share of the selected cells, model-task "
-           "groups kept together (one Slurm array task each; combine with `python -m harness merge`)",
-           metavar="I/N"),
-)
-
-
-def add_options(parser) -> None:
-    group = parser.getgroup("transfer-bench", "transfer-bench: intermediate-task transfer grid")
-    for o in OPTIONS:
-        if o.switch and o.negated:
-            on, off = o.help.split(" | ")
-            group.addoption(o.flag, dest=o.dest, action="store_true", default=None, help=on)
-            group.addoption(o.negated, dest=o.dest, action="store_false", help=off)
-            continue
-        if o.switch:
-            group.addoption(o.flag, dest=o.dest, action="store_true", help=o.help)
-            continue
-        text = o.help + (f" (default: {o.default})" if o.default else "") + (f"; ini: {o.dest}" if o.ini else "")
-        group.addoption(o.flag, dest=o.dest, default=None, metavar=o.metavar, help=text)
-        if o.ini:
-            parser.addini(o.dest, f"default {o.flag}", default=o.default or "")
-
-
-def setting(config, name: str):
-    """An option's value: the command line's, else the ini file's, else its default (None when unset)."""
-    value = config.getoption(name)
-    return value if value not in (None, "") else (config.getini(name) or None)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """`--seeds`: a count N -> seeds 0..N-1; a comma list -> those seeds (distinct, >= 0). ValueError otherwise."""
-    form = "a count (5: seeds 0..4) or a comma list of distinct seeds (3,4,5)"
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected {form}") from None
-    if len(numbers) == 1 and "," not in str(text):
-        if numbers[0] < 1:
-            raise ValueError(f"--seeds {text!r}: at least one seed is needed; expected {form}")
-        return list(range(numbers[0]))
-    if min(numbers) < 0 or len(set(numbers)) != len(numbers):
-        raise ValueError(f"--seeds {text!r}: expected {form}")
-    return numbers
 
 
 def _writable(folder: Path) -> str | None:

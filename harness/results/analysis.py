@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.definitions.grid import ARMS, GENERAL
+from harness.definitions.grid import ARMS, GENERAL, parse_cell_id
 from harness.definitions.metrics import single_class
 from harness.results.baselines import detectable
 from harness.results.record import UNINFORMATIVE, CellRecord, Interval, RecordError, load_predictions
@@ -45,7 +45,7 @@ def cell_statistics(record: dict, arrays: dict) -> dict:
 
 
 def _model(record: CellRecord) -> str:
-    return record["cell"].split("-", 1)[0]
+    return parse_cell_id(record["cell"]).model
 
 
 def _incomparable(general: CellRecord, shifted: CellRecord) -> str | None:

@@ -37,7 +37,7 @@ from harness.results.record import read_json
 FORMAT = 2
 FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "metrics_se",
           "gain", "env")
-GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict", "per_seed", "se_boot")
+COMPARED_GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict", "per_seed", "se_boot")
 MARGIN = 0.02  # default --baseline-margin (README: Verdicts and baselines, calibration)
 ALPHA = 0.05  # chance that a cell with no change fails (all its comparisons together)
 
@@ -61,7 +61,7 @@ def missing_field(entry: dict) -> str | None:
     main = entry["main_metric"]
     for lang in entry["gain"]:
         g = entry["gain"][lang]
-        for f in GAIN_FIELDS:
+        for f in COMPARED_GAIN_FIELDS:
             if not isinstance(g, dict) or f not in g:
                 return f"gain.{lang}.{f}"
         for arm in ARMS:

@@ -18,7 +18,7 @@ from typing import Any, Callable, NotRequired, TypedDict
 
 import numpy as np
 
-from harness.definitions.grid import ARMS
+from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write, atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -126,31 +126,15 @@ def check_interval(value, where: str) -> None:
         _number(x, f"{where}.per_seed[{i}]")
 
 
-def gains_problem(entry) -> str | None:
-    """What is wrong with the `gain` field of a record or baseline entry (sources that only compare gains)."""
-    try:
-        if not isinstance(entry, dict) or "gain" not in entry:
-            raise _Invalid("gain", "missing")
-        for lang, g in _mapping(entry["gain"], "gain").items():
-            check_interval(g, f"gain.{lang}")
-    except _Invalid as err:
-        return str(err)
-    return None
-
-
-def gain_text(g: Interval | None) -> str:
-    """`+0.123 [+0.010, +0.240] positive`, or `missing`."""
-    if g is None:
-        return "missing"
-    return f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] {g['verdict']}"
-
-
 def _cell(value, record: dict) -> None:
     _text(value, "cell")
-    parts = value.split("-", 2)
-    if len(parts) != 3 or not all(parts) or any(c in value for c in "/\\ \t\n") or value.startswith("."):
+    try:
+        cell = parse_cell_id(value)
+    except ValueError:
+        cell = None
+    if cell is None or any(c in value for c in "/\\ \t\n") or value.startswith("."):
         raise _Invalid("cell", f"{value!r} is not MODEL-TASK-DOMAIN")
-    for name, part in zip(("task", "domain"), parts[1:]):
+    for name, part in (("task", cell.task), ("domain", cell.domain)):
         if record.get(name) != part:
             raise _Invalid("cell", f"{value!r} does not match {name} {record.get(name)!r}")
 

@@ -95,10 +95,10 @@ def trainer_predict(trainer, data: Encoded) -> np.ndarray:
     return logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1).astype(np.float32)
 
 
-ARMS = ("harness", "trainer_same_batches", "trainer")
+LOOPS = ("harness", "trainer_same_batches", "trainer")
 
 
-def compare_loops(case: "ParityCase", seed: int, output_dir, arms=ARMS) -> dict:
+def compare_loops(case: "ParityCase", seed: int, output_dir, arms=LOOPS) -> dict:
     """Fine-tune the same initial model (`seed`) on `case` with each arm, on CPU, and score it on its test set.
 
     Arms: `harness` (harness.running.train), `trainer_same_batches` (Trainer on the harness's batches) and `trainer`
@@ -108,9 +108,9 @@ def compare_loops(case: "ParityCase", seed: int, output_dir, arms=ARMS) -> dict:
     from harness.running.models import build_model
     from harness.running.train import predict, train
 
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in LOOPS]
     if unknown:
-        raise ValueError(f"unknown arm {unknown[0]!r}: expected one of {', '.join(ARMS)}")
+        raise ValueError(f"unknown arm {unknown[0]!r}: expected one of {', '.join(LOOPS)}")
     tok, cfg = case.tokenizer, case.cfg
     pad, left = tok.pad_token_id, tok.padding_side == "left"
     out, models = {}, {}
