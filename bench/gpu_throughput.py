@@ -116,7 +116,7 @@ def trainer_epochs(model, data: Encoded, cfg: TrainConfig, opts: Options):
     """(seconds, peak GiB, None) of each epoch through Trainer (one trainer.train() per epoch)."""
     from transformers import BertTokenizerFast
 
-    from harness.running.reference import make_trainer
+    from reference import make_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab = Path(tmp) / "vocab.txt"  # a tokenizer only for the collator's padding (pad id 0)

@@ -2,7 +2,7 @@
 
     python bench/parity.py [--cases tiny-bert tiny-roberta tiny-xlnet minilm] [--seeds 10] [--data-dir DIR]
 
-Each case and seed fine-tunes one initial model three ways (harness/running/reference.py: compare_loops):
+Each case and seed fine-tunes one initial model three ways (bench/reference.py: compare_loops):
 - harness: harness.running.train, length-grouped batches;
 - trainer_same_batches: Trainer fed the harness's batches, with its own loop, optimizer, scheduler and collator;
   any difference from `harness` is the loops' own (weight_diff: the largest weight difference after training);
@@ -26,7 +26,7 @@ from scipy import stats
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.running.reference import LOOPS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
+from reference import LOOPS, PARITY_CASES, compare_loops, parity_case  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

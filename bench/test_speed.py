@@ -36,7 +36,7 @@ from harness.running import flops
 from harness.running.assets import RunContext, load_dataset, tokenizer_for
 from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
 from harness.running.models import build_model
-from harness.running.reference import make_trainer, trainer_predict
+from reference import make_trainer, trainer_predict
 from harness.running.train import lengths_of, predict, train
 
 log = logging.getLogger("harness.speed")

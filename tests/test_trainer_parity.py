@@ -1,4 +1,4 @@
-"""An honest check of the training loop against Hugging Face Trainer (harness/running/reference.py).
+"""An honest check of the training loop against Hugging Face Trainer (bench/reference.py).
 
 Given the harness's batches (same seed, same order), Trainer runs its own loop, optimizer, scheduler, clipping and
 collator; the final test metric must be the same within one point, and the trained weights the same up to float
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.running.reference import LOOPS, HarnessBatches, compare_loops, parity_case
+from bench.reference import LOOPS, HarnessBatches, compare_loops, parity_case
 from harness.running.train import length_grouped_batches
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
