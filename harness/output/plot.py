@@ -1,22 +1,5 @@
-"""Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
-
-Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
-- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
-  own (target) language and main metric; the best model per column (highest score of either arm) marked;
-- cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
-- robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
-  that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
-  configuration) the difference of the two gains without an interval, and a note why;
-- cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
-  behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
-- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
-  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
-  survive a 5% false discovery rate;
-- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
-  without a significant change (passed on by the pytest plugin; reported, not failed).
-An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
-A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
-"""
+"""The heatmap of a summary's gains (`transfer.png`, `report --plot`): one panel per test-language group, rows
+model, columns task x domain, each entry the gain and a verdict marker."""
 from __future__ import annotations
 
 from pathlib import Path

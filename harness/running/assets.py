@@ -1,8 +1,6 @@
-"""Run one cell: both arms for every seed, evaluation in every language, gains, and the cell record.
-
-Stages leave inspectable files (jiant style): tokenizers and intermediate checkpoints under the cache
-directory, the record and the per-example predictions under the results directory.
-"""
+"""What the cells of a run share, built once and memoised on the run context: validated data sets, tokenizers,
+encoded splits (cached on disk) and the intermediate model of a (model, task, seed), trained once and cached
+under the cache directory. Used by the cell procedure, the speed benchmarks and the Trainer reference."""
 from __future__ import annotations
 
 import json
