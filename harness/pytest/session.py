@@ -16,6 +16,7 @@ from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell, check_names
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"  # user property: the path of the record a cell wrote
+RAN_KEY = "transfer_ran"  # user property: the id of a cell the fixture started to run
 BASELINE_KEY = "transfer_baseline"  # user property: (cell id, baseline status, moved verdicts, precision note)
 
 
@@ -156,6 +157,7 @@ class Session:
         self.moved: list[list[str]] = []  # weakened / strengthened verdicts: cell, lang, outcome, baseline, now, change
         self.notes: dict[str, list[str]] = {}  # note -> cells checked against a baseline of another precision
         self.collected: set[str] = set()  # ids of the grid cells selected to run
+        self.ran: set[str] = set()  # ids of the grid cells the transfer_bench fixture started (any outcome)
         self.worker_exits: dict[str, str] = {}  # xdist worker id -> how its process ended, for a crash report
         self.baseline_lines: list[str] = []
         self.baseline_update_failed = False
@@ -279,6 +281,8 @@ class Session:
         if report.when != "call":
             return
         for key, value in report.user_properties:
+            if key == RAN_KEY:
+                self.ran.add(value)
             if key == RECORD_KEY and value not in self.finished:
                 self.finished.append(value)
             if key == RECORD_KEY and report.passed and value not in self.passed:
@@ -306,10 +310,12 @@ class Session:
 
     def finish(self) -> None:
         """On the controller (or a run without xdist): update the baselines if asked, then write the summary of
-        every usable record in the results folder, listing the selected cells without one as missing."""
+        every usable record in the results folder, listing the selected cells without one as missing. A session
+        that ran no grid cell (the harness's own tests, `-k` matching none, a collection error) leaves the results
+        folder alone: no summary, no folder created."""
         if self.config.getoption("update_baselines") and self.passed:
             self._update_baselines()
-        if not self.finished and not self.collected:
+        if not self.finished and not self.ran:
             return
         from harness.output.report import write_summary
         from harness.results.record import cells_dir, load_records
@@ -322,7 +328,7 @@ class Session:
         if records or expected:
             try:
                 written = write_summary(results_dir, records, errors, expected=sorted(expected),
-                                        moved=sorted(self.moved))
+                                        moved=sorted(self.moved), margin=self.margin)
             except OSError as err:
                 errors.append(f"{results_dir}: summary not written ({err})")
         self.summary = {"records": records, "errors": errors, "written": written}
@@ -404,6 +410,7 @@ class CellRunner:
         from harness.results.record import RecordError, record_path
         from harness.running.models import ModelError
 
+        self.node.user_properties.append((RAN_KEY, cell.id))
         ctx = self.session.context
         try:
             record = run_cell(ctx, cell)

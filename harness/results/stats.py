@@ -31,6 +31,7 @@ import hashlib
 from typing import NamedTuple
 
 import numpy as np
+from scipy import special as sps_special
 from scipy import stats as sps
 
 from harness.definitions.metrics import FUNCTIONS, pearson
@@ -219,3 +220,161 @@ def q_values(p_values) -> np.ndarray:
     most 5% are expected to be false discoveries."""
     p = np.asarray(p_values, dtype=float)
     return sps.false_discovery_control(p, method="bh") if p.size else p
+
+
+# ---------------------------------------------------------------- moderated seed variance (limma's moderated t)
+
+def fit_prior(variances, df) -> tuple[float, float]:
+    """(d0, s0^2) of a scaled inverse chi-square prior for the true seed variances behind sample variances
+    `variances` on `df` degrees of freedom each: limma's fitFDist (Smyth 2004, section 6.2), the method of
+    moments on log variances. d0 is inf when the variances vary no more than sampling alone makes them (every
+    gain then takes s0^2). Needs at least two variances."""
+    s2, d = np.asarray(variances, dtype=float), np.broadcast_to(np.asarray(df, dtype=float), np.shape(variances))
+    if s2.size < 2:
+        raise ValueError("a prior needs the variances of two gains or more")
+    floor = 1e-5 * np.median(s2) if np.median(s2) > 0 else 1e-12  # limma's guard against zero variances
+    e = np.log(np.maximum(s2, floor)) - sps_special.digamma(d / 2) + np.log(d / 2)
+    emean = float(np.mean(e))
+    evar = float(np.var(e, ddof=1) - np.mean(sps_special.polygamma(1, d / 2)))
+    if evar <= 0:
+        return np.inf, float(np.exp(emean))
+    d0 = 2 * _trigamma_inverse(evar)
+    return float(d0), float(np.exp(emean + sps_special.digamma(d0 / 2) - np.log(d0 / 2)))
+
+
+def _trigamma_inverse(y: float) -> float:
+    """x with trigamma(x) = y (limma's trigammaInverse: Newton's method on 1 / trigamma)."""
+    if y > 1e7:
+        return 1 / np.sqrt(y)
+    if y < 1e-6:
+        return 1 / y
+    x = 0.5 + 1 / y
+    for _ in range(50):
+        tri = float(sps_special.polygamma(1, x))
+        step = tri * (1 - tri / y) / float(sps_special.polygamma(2, x))
+        x += step
+        if -step / x < 1e-8:
+            break
+    return float(x)
+
+
+def moderated_variance(s2: float, df: float, d0: float, s02: float) -> tuple[float, float]:
+    """(posterior seed variance, its degrees of freedom d0 + df): the sample variance shrunk towards s0^2."""
+    if not np.isfinite(d0):
+        return float(s02), np.inf
+    return float((d0 * s02 + df * s2) / (d0 + df)), float(d0 + df)
+
+
+# Gauss-Legendre nodes on (0, 1) for the chi-square mixing variable of a t (quantile scale, clustered at 0 by
+# u = w^4 so that the heavy tails, which come from small chi-square values, are resolved down to p ~ 1e-12)
+_W, _WW = np.polynomial.legendre.leggauss(200)
+_W, _WW = (_W + 1) / 2, _WW / 2
+_U, _UW = _W**4, 4 * _W**3 * _WW
+
+
+def _spread(se: float, scale: float, df: float) -> np.ndarray:
+    """Standard deviations of N(0, se^2) + scale * t_df conditional on the t's chi-square, at the nodes."""
+    if scale == 0 or not np.isfinite(df):
+        return np.array([np.hypot(se, scale)])
+    v = sps.chi2.ppf(_U, df)
+    return np.sqrt(se**2 + scale**2 * df / np.maximum(v, 1e-300))
+
+
+def _weights(se: float, scale: float, df: float) -> np.ndarray:
+    return np.ones(1) if scale == 0 or not np.isfinite(df) else _UW
+
+
+def mixture_sf(x, se: float, scale: float, df: float) -> np.ndarray:
+    """P(N(0, se^2) + scale * T > x), T ~ t_df: the distribution of the gain's replicates (test-set sampling, taken
+    normal with the bootstrap standard error, plus the seed term), integrated exactly rather than counted from
+    replicates. A t is a normal whose variance is df / chi2_df, so conditional on the chi-square the sum is normal."""
+    sd = _spread(se, scale, df)
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    if sd.max() == 0:
+        return (x < 0).astype(float)
+    return sps.norm.sf(x[:, None] / np.maximum(sd, 1e-300)[None, :]) @ _weights(se, scale, df)
+
+
+def mixture_p(mean: float, se: float, scale: float, df: float) -> float:
+    """Two-sided p-value of 'the gain is zero' under the mixture: twice its tail beyond zero. Not floored by a
+    replicate count; below 1 - LEVEL exactly when the mixture's equal-tailed interval excludes zero (the mixture
+    is symmetric about the mean)."""
+    if se == 0 and scale == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(min(1.0, 2 * mixture_sf(abs(mean), se, scale, df)[0]))
+
+
+def mixture_quantile(q: float, se: float, scale: float, df: float) -> float:
+    """The q-quantile of N(0, se^2) + scale * t_df (bisection on mixture_sf; symmetric, so only q >= 1/2)."""
+    if q < 0.5:
+        return -mixture_quantile(1 - q, se, scale, df)
+    if se == 0 and scale == 0:
+        return 0.0
+    high = max(se, scale) * 4
+    while mixture_sf(high, se, scale, df)[0] > 1 - q:
+        high *= 2
+    low = 0.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if mixture_sf(mid, se, scale, df)[0] > 1 - q else (low, mid)
+    return (low + high) / 2
+
+
+def moderated_gain(gain: dict, d0: float, s02: float, level: float = LEVEL) -> dict:
+    """A recorded gain (`mean`, `per_seed`, `se_boot`) re-read with the moderated seed variance: its interval is
+    that of mean + N(0, se_boot^2) + t_{d0+k-1} * s~ / sqrt(k), s~^2 the seed variance shrunk towards the run's
+    prior s0^2; `p_value` is the same distribution's, so p < 1 - level exactly when the verdict is not neutral."""
+    k, mean, se = len(gain["per_seed"]), float(gain["mean"]), float(gain["se_boot"])
+    s2, df = moderated_variance(float(np.var(gain["per_seed"], ddof=1)), k - 1, d0, s02)
+    scale = float(np.sqrt(s2 / k))
+    half = mixture_quantile(0.5 + level / 2, se, scale, df)
+    low, high = mean - half, mean + half
+    return {"mean": mean, "ci_low": low, "ci_high": high, "verdict": verdict(low, high),
+            "p_value": mixture_p(mean, se, scale, df), "seed_sd": float(np.sqrt(s2)), "df": df}
+
+
+MAX_SEEDS = 50
+
+
+def seeds_needed(effect: float, se_boot: float, seed_var: float, df_prior: float, level: float = LEVEL,
+                 power: float = POWER, most: int = MAX_SEEDS) -> int | None:
+    """The fewest seeds (2..most) with which a true gain of size `effect` is called non-neutral with probability
+    `power`: (t_{(1+level)/2} + t_power) * se <= |effect|, se^2 = se_boot^2 + seed_var / k on Satterthwaite's
+    degrees of freedom (seed term: df_prior + k - 1; the test-set term does not shrink with seeds). None when
+    even `most` seeds do not reach it (the test set's own sampling error is too large for that effect)."""
+    for k in range(2, most + 1):
+        se, df = _se_df([(se_boot**2, np.inf), (seed_var / k, df_prior + k - 1)])
+        if se == 0 or (sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * se <= abs(effect):
+            return k
+    return None
+
+
+MIN_CELLS = 3  # cells (of one task and metric) with a seed spread that a prior is fitted from
+
+
+def group_of(task: str, metric: str) -> str:
+    """The gains that share a seed-variance prior: one task type and main metric (their seed noise differs)."""
+    return f"{task} ({metric})"
+
+
+def fit_priors(gains) -> dict[str, dict]:
+    """{group: {d0, s0, gains, cells}} from (group, cell id, per-seed gains) triples, for each group with two or
+    more seeds in at least MIN_CELLS cells; the triples' order does not matter (they are sorted first)."""
+    by_group: dict[str, list] = {}
+    for group, cell, per_seed in sorted(gains, key=lambda g: (g[0], g[1], list(g[2]))):
+        if len(per_seed) > 1:
+            by_group.setdefault(group, []).append((cell, per_seed))
+    out = {}
+    for group, items in sorted(by_group.items()):
+        cells = sorted({c for c, _ in items})
+        if len(cells) < MIN_CELLS:
+            continue
+        d0, s02 = fit_prior([np.var(p, ddof=1) for _, p in items], [len(p) - 1 for _, p in items])
+        out[group] = {"d0": d0 if np.isfinite(d0) else None, "s0": float(np.sqrt(s02)), "gains": len(items),
+                      "cells": len(cells)}
+    return out
+
+
+def prior_d0(prior: dict) -> float:
+    """d0 of a fitted prior (stored as None when infinite, as JSON has no inf)."""
+    return np.inf if prior["d0"] is None else float(prior["d0"])
