@@ -150,6 +150,7 @@ class Session:
         self._profile = None
         self._ctx = None
         self._baselines = None
+        self._priors = None
         # what this process saw of the run (the controller's view under xdist)
         self.finished: list[str] = []  # record paths of cells that ran
         self.passed: list[str] = []  # records of cells whose test passed: what --update-baselines records
@@ -220,6 +221,13 @@ class Session:
             from harness.results.baselines import load
             self._baselines = load(self.baseline_file, self.profile_name)
         return self._baselines
+
+    def baseline_priors(self) -> dict:
+        """The gains' seed-variance priors fitted on the baseline file (harness.results.baselines.priors_of)."""
+        if self._priors is None:
+            from harness.results.baselines import priors_of
+            self._priors = priors_of(self.baselines())
+        return self._priors
 
     @property
     def profile(self):
@@ -431,7 +439,8 @@ class CellRunner:
         if config.getoption("update_baselines"):
             return
         try:
-            result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin)
+            result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin,
+                           self.session.baseline_priors())
         except BaselineError as err:
             pytest.fail(str(err), pytrace=False)
         status, message = result.status, result.message

@@ -171,13 +171,17 @@ def robustness(general: Arms, shifted: Arms, metric: str, seed: int, n_boot: int
 POWER = 0.8
 
 
-def _variance(estimate: dict) -> list[tuple[float, float]]:
+def _variance(estimate: dict, prior: tuple[float, float] | None = None) -> list[tuple[float, float]]:
     """(variance, degrees of freedom) of a seed mean: test-set sampling (bootstrap, taken as known) and, with
-    two or more seeds, seed variance s^2 / k on k - 1 degrees of freedom."""
+    two or more seeds, seed variance s^2 / k on k - 1 degrees of freedom, or with a `prior` (d0, s0^2) the
+    moderated variance on d0 + k - 1 (moderated_variance)."""
     terms = [(float(estimate["se_boot"]) ** 2, np.inf)]
     k = len(estimate["per_seed"])
     if k > 1:
-        terms.append((float(np.var(estimate["per_seed"], ddof=1)) / k, k - 1))
+        s2, df = float(np.var(estimate["per_seed"], ddof=1)), k - 1
+        if prior is not None:
+            s2, df = moderated_variance(s2, df, *prior)
+        terms.append((s2 / k, df))
     return terms
 
 
@@ -188,15 +192,16 @@ def _se_df(terms: list[tuple[float, float]]) -> tuple[float, float]:
     return float(np.sqrt(total)), float(total * total / weight) if weight > 0 else np.inf
 
 
-def change(old: dict, new: dict, level: float = LEVEL) -> dict:
-    """new - old of two estimates (each `mean`, `per_seed`, `se_boot`) with a `level` interval and p-value.
+def change(old: dict, new: dict, level: float = LEVEL, prior: tuple[float, float] | None = None) -> dict:
+    """new - old of two estimates (each `mean`, `per_seed`, `se_boot`) with a `level` interval and p-value;
+    with a seed-variance `prior` (d0, s0^2) both runs' seed variances are moderated by it.
 
     The runs are taken as independent: the variance of the difference is the sum of both runs' seed variance
     of the mean (s^2 / k) and test-set sampling (se_boot^2), and the interval is Welch's t with
     Satterthwaite's degrees of freedom. Two runs scored on the same test set share its sampling, so counting
     it twice errs wide: under no change the test fails less often than 1 - level (tests/test_change.py).
     """
-    se, df = _se_df(_variance(old) + _variance(new))
+    se, df = _se_df(_variance(old, prior) + _variance(new, prior))
     diff = float(new["mean"]) - float(old["mean"])
     if se == 0:  # both runs without any spread: only an exact repeat is no change
         return {"change": diff, "ci_low": diff, "ci_high": diff, "se": 0.0, "df": df, "level": level,
