@@ -27,6 +27,7 @@ discovery rate across the gains of a run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import NamedTuple
 
@@ -277,27 +278,30 @@ _W, _WW = (_W + 1) / 2, _WW / 2
 _U, _UW = _W**4, 4 * _W**3 * _WW
 
 
-def _spread(se: float, scale: float, df: float) -> np.ndarray:
-    """Standard deviations of N(0, se^2) + scale * t_df conditional on the t's chi-square, at the nodes."""
+@functools.lru_cache(maxsize=256)
+def _chi2_nodes(df: float) -> np.ndarray:
+    return np.maximum(sps.chi2.ppf(_U, df), 1e-300)
+
+
+def _spread(se: float, scale: float, df: float) -> tuple[np.ndarray, np.ndarray]:
+    """Standard deviations of N(0, se^2) + scale * t_df conditional on the t's chi-square at the quadrature
+    nodes, and the nodes' weights."""
     if scale == 0 or not np.isfinite(df):
-        return np.array([np.hypot(se, scale)])
-    v = sps.chi2.ppf(_U, df)
-    return np.sqrt(se**2 + scale**2 * df / np.maximum(v, 1e-300))
+        return np.array([np.hypot(se, scale)]), np.ones(1)
+    return np.sqrt(se**2 + scale**2 * df / _chi2_nodes(float(df))), _UW
 
 
-def _weights(se: float, scale: float, df: float) -> np.ndarray:
-    return np.ones(1) if scale == 0 or not np.isfinite(df) else _UW
+def _sf(x: np.ndarray, sd: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    if sd.max() == 0:
+        return (x < 0).astype(float)
+    return sps.norm.sf(x[:, None] / np.maximum(sd, 1e-300)[None, :]) @ weights
 
 
 def mixture_sf(x, se: float, scale: float, df: float) -> np.ndarray:
     """P(N(0, se^2) + scale * T > x), T ~ t_df: the distribution of the gain's replicates (test-set sampling, taken
     normal with the bootstrap standard error, plus the seed term), integrated exactly rather than counted from
     replicates. A t is a normal whose variance is df / chi2_df, so conditional on the chi-square the sum is normal."""
-    sd = _spread(se, scale, df)
-    x = np.atleast_1d(np.asarray(x, dtype=float))
-    if sd.max() == 0:
-        return (x < 0).astype(float)
-    return sps.norm.sf(x[:, None] / np.maximum(sd, 1e-300)[None, :]) @ _weights(se, scale, df)
+    return _sf(np.atleast_1d(np.asarray(x, dtype=float)), *_spread(se, scale, df))
 
 
 def mixture_p(mean: float, se: float, scale: float, df: float) -> float:
@@ -310,19 +314,19 @@ def mixture_p(mean: float, se: float, scale: float, df: float) -> float:
 
 
 def mixture_quantile(q: float, se: float, scale: float, df: float) -> float:
-    """The q-quantile of N(0, se^2) + scale * t_df (bisection on mixture_sf; symmetric, so only q >= 1/2)."""
+    """The q-quantile of N(0, se^2) + scale * t_df (Brent's method on mixture_sf; symmetric, so only q >= 1/2)."""
+    from scipy.optimize import brentq
+
     if q < 0.5:
         return -mixture_quantile(1 - q, se, scale, df)
     if se == 0 and scale == 0:
         return 0.0
+    nodes = _spread(se, scale, df)
+    tail = lambda x: float(_sf(np.array([x]), *nodes)[0]) - (1 - q)  # noqa: E731
     high = max(se, scale) * 4
-    while mixture_sf(high, se, scale, df)[0] > 1 - q:
+    while tail(high) > 0:
         high *= 2
-    low = 0.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if mixture_sf(mid, se, scale, df)[0] > 1 - q else (low, mid)
-    return (low + high) / 2
+    return float(brentq(tail, 0.0, high, xtol=1e-12, rtol=1e-12))
 
 
 def moderated_gain(gain: dict, d0: float, s02: float, level: float = LEVEL) -> dict:
@@ -347,11 +351,14 @@ def seeds_needed(effect: float, se_boot: float, seed_var: float, df_prior: float
     `power`: (t_{(1+level)/2} + t_power) * se <= |effect|, se^2 = se_boot^2 + seed_var / k on Satterthwaite's
     degrees of freedom (seed term: df_prior + k - 1; the test-set term does not shrink with seeds). None when
     even `most` seeds do not reach it (the test set's own sampling error is too large for that effect)."""
-    for k in range(2, most + 1):
-        se, df = _se_df([(se_boot**2, np.inf), (seed_var / k, df_prior + k - 1)])
-        if se == 0 or (sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * se <= abs(effect):
-            return k
-    return None
+    k = np.arange(2, most + 1)
+    seed, df_seed = seed_var / k, df_prior + k - 1.0
+    total = se_boot**2 + seed
+    se = np.sqrt(total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(seed > 0, total**2 / (seed**2 / df_seed), np.inf)  # Welch-Satterthwaite, as _se_df
+    reach = (se == 0) | ((sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * se <= abs(effect))
+    return int(k[np.argmax(reach)]) if reach.any() else None
 
 
 MIN_CELLS = 3  # cells (of one task and metric) with a seed spread that a prior is fitted from
