@@ -206,11 +206,13 @@ def fdr_line(fdr: dict) -> str:
 
 def moderation_lines(moderation: dict) -> list[str]:
     """One line per fitted prior and per fallback (harness.results.analysis.moderate)."""
+    from harness.results.stats import D0_MAX
+
     lines = []
     for group, p in sorted(moderation["priors"].items()):
-        d0 = "inf" if p["d0"] is None else f"{p['d0']:.1f}"
-        lines.append(f"{group}: moderated seed variance, prior s0 {p['s0']:.3f} on d0 {d0} degrees of freedom "
-                     f"from {p['gains']} gains of {p['cells']} cells")
+        fitted = "inf" if p["d0_fitted"] is None else f"{p['d0_fitted']:.1f}"
+        lines.append(f"{group}: moderated seed variance, prior s0 {p['s0']:.3f} on d0 {p['d0']:.1f} degrees of "
+                     f"freedom (fitted {fitted}, capped at {D0_MAX:g}) from {p['gains']} gains of {p['cells']} cells")
     return lines + list(moderation["notes"])
 
 
