@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 
 import numpy as np
 import pytest
@@ -31,6 +32,10 @@ def seeded_records(seeds: int = 3, shift: float = 0.0) -> list[dict]:
             offsets = rng.normal(0, spread, seeds)
             g["per_seed"] = (g["mean"] + offsets - offsets.mean()).tolist()
             g["se_boot"] = 0.02 + 0.02 * rng.random()
+        for by_lang in r["metrics_per_seed"].values():
+            for scores in by_lang.values():
+                for metric, values in scores.items():
+                    scores[metric] = values * seeds
         out.append(r)
     return out
 
@@ -225,3 +230,22 @@ def test_priors_of_a_baseline_file_and_identical_records_pass():
     assert baselines.gain_prior(priors, "bert-sentiment-legal", "accuracy")[1] == pytest.approx(
         priors["sentiment (accuracy)"]["s0"] ** 2)
     assert all(baselines.check(r, cells, "b.json", priors=priors).status == "ok" for r in records)
+
+
+def test_plan_prints_the_seeds_each_cell_needs_from_earlier_records(tmp_path):
+    from harness.definitions.grid import parse_cell_id
+    from harness.definitions.profiles import tiny
+    from harness.output.plan import format_plan, plan
+    from recordgen import write_records
+
+    records = seeded_records(shift=0.1)
+    write_records(tmp_path / "run", records)
+    rows, _ = significance(records)
+    expected = ", ".join(f"{r['language']} {r['seeds_needed'] if r['seeds_needed'] is not None else '-'}"
+                         for r in rows if r["cell"] == "bert-sentiment-legal")
+    profile = tiny(tmp_path / "corpora", tmp_path / "cache")
+    cells = [parse_cell_id("bert-sentiment-legal"), parse_cell_id("bert-sentiment-general")]
+    planned = plan(profile, cells, 3, tmp_path / "run")
+    assert planned[0].seeds_needed == expected and re.search(r"en \d+", expected)
+    assert expected in format_plan(profile, planned, 3)
+    assert plan(profile, cells, 3, tmp_path / "empty")[0].seeds_needed == "?"
