@@ -9,9 +9,11 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   configuration) the difference of the two gains without an interval, and a note why;
 - cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
   behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
-- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
-  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
-  survive a 5% false discovery rate;
+- significance: per cell and language the gain under its rule (harness.results.analysis.moderate: the moderated
+  seed variance, or the cell's own interval), its p-value and Benjamini-Hochberg q-value across every gain of the
+  run, its minimum detectable change (what the baseline check catches with 80% power), the seeds that would
+  decide it, and how many verdicts survive a 5% false discovery rate: the same flags that put FDR_MARK on the
+  verdicts of every table;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
