@@ -2,7 +2,9 @@
 revisions, data sizes, epochs, training examples and an estimated time on this device.
 
 Nothing here touches the network or trains: sizes come from the profile (`sizes`, `max_train`, local files),
-the speed from the finished records of the results directory (training examples/s of the same model).
+the speed from the finished records of the results directory (training examples/s of the same model), and the
+seeds a cell needs from its earlier record there (the significance table's `seeds (gain)` column: the seeds with
+which a gain of the recorded size is decided with 80% power, moderated across every record of the folder).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class PlanRow:
     examples: int | None  # training examples the cell runs (its share of a shared intermediate model included)
     seconds: float | None
     skip: str | None = None
+    seeds_needed: str = "?"  # per language, from an earlier record of the cell ("?": none)
 
 
 def revision_of(spec: DatasetConfig) -> str:
@@ -84,8 +87,25 @@ def throughput(results_dir: Path, describe: str) -> float | None:
     return statistics.median(speeds) if speeds else None
 
 
+def seeds_needed(results_dir: Path) -> dict[str, str]:
+    """{cell id: `en 3, de >50, ...`}: the seeds each earlier record's gains need (harness.output.summary
+    significance, over every usable record of the folder)."""
+    from harness.output.summary import significance
+    from harness.results.record import load_records
+
+    records, _ = load_records(results_dir)
+    if not records:
+        return {}
+    rows, _ = significance(records)
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r["cell"], []).append(f"{r['language']} {'-' if r['seeds_needed'] is None else r['seeds_needed']}")
+    return {cell: ", ".join(parts) for cell, parts in out.items()}
+
+
 def plan(profile: Profile, cells: list[Cell], seeds: int, results_dir: Path) -> list[PlanRow]:
     rows, counted = [], set()
+    needed = seeds_needed(results_dir)
     for cell in cells:
         model = profile.models[cell.model]
         reason = profile.skip_reason(cell)
@@ -108,7 +128,8 @@ def plan(profile: Profile, cells: list[Cell], seeds: int, results_dir: Path) -> 
         rows.append(PlanRow(cell.id, model.describe, revision_of(target) + sizes,
                             f"{revision_of(inter)} ({_n(n_inter)} train)",
                             f"{profile.target_train.epochs}/{profile.intermediate_train.epochs}", examples,
-                            examples / speed if examples is not None and speed else None))
+                            examples / speed if examples is not None and speed else None,
+                            seeds_needed=needed.get(cell.id, "?")))
     return rows
 
 
@@ -124,10 +145,12 @@ def _duration(seconds: float | None) -> str:
 
 def format_plan(profile: Profile, rows: list[PlanRow], seeds: int) -> str:
     """The plan table, a total line and what the time estimate rests on."""
-    table = [[r.cell, r.model, r.target, r.intermediate, r.epochs, _n(r.examples), _duration(r.seconds)]
-             if r.skip is None else [r.cell, r.model, f"skipped: {r.skip}", "", "", "", ""] for r in rows]
+    table = [[r.cell, r.model, r.target, r.intermediate, r.epochs, _n(r.examples), _duration(r.seconds),
+              r.seeds_needed]
+             if r.skip is None else [r.cell, r.model, f"skipped: {r.skip}", "", "", "", "", ""] for r in rows]
     text = tabulate(table, headers=["cell", "model@revision", "target@revision (sizes)", "intermediate@revision",
-                                    "epochs tgt/int", "train examples", "est. time"], tablefmt="simple")
+                                    "epochs tgt/int", "train examples", "est. time", "seeds needed"],
+                    tablefmt="simple")
     runnable = [r for r in rows if r.skip is None]
     known = [r.examples for r in runnable if r.examples is not None]
     timed = [r.seconds for r in runnable if r.seconds is not None]
@@ -140,5 +163,7 @@ def format_plan(profile: Profile, rows: list[PlanRow], seeds: int) -> str:
              f"{'' if len(known) == len(runnable) else f' ({len(runnable) - len(known)} cell(s) of unknown size)'}; "
              + estimate)
     basis = ("time = training examples / the median training examples/s of finished records of the same model in "
-             "--results-dir (no record yet: '?'); evaluation and data loading are not counted")
+             "--results-dir (no record yet: '?'); evaluation and data loading are not counted. seeds needed: per "
+             "language, the seeds with which a gain of the size of the cell's earlier record in --results-dir is "
+             "decided with 80% power ('>50': the test set is too small for it; '?': no earlier record)")
     return f"profile {profile.name}: plan (nothing trained)\n{text}\n{total}\n{basis}"

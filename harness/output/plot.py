@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.fileio import atomic_write
-from harness.output.summary import MISSING
+from harness.output.summary import FDR_MARK, MISSING
 
 # ---------------------------------------------------------------- plot
 
@@ -20,11 +20,11 @@ def _panels(summary: dict) -> list[tuple[str, dict]]:
             continue
         key = (e["model"], e["task"], e["domain"])
         g = e["gain"][e["language"]]
-        target[key] = (g["mean"], g["verdict"])
+        target[key] = (g["mean"], g["verdict"] + ("*" if g.get("fdr") else ""))
         langs_t.add(e["language"])
         others = [x for x in e["languages"] if x != e["language"]]
         if others:
-            verdicts = {e["gain"][x]["verdict"] for x in others}
+            verdicts = {e["gain"][x]["verdict"] + ("*" if e["gain"][x].get("fdr") else "") for x in others}
             cross[key] = (e["cross_lingual_mean"], verdicts.pop() if len(verdicts) == 1 else "mixed")
             langs_x.update(others)
     panels = [(f"target language ({', '.join(sorted(langs_t))})", target)]
@@ -48,9 +48,14 @@ def _draw_panel(ax, title: str, vals: dict, models: list, cols: list, image_args
         for j, c in enumerate(cols):
             gain, verdict = vals.get((m, c["task"], c["domain"]), (None, None))
             dark = gain is not None and abs(gain) > 0.6 * bound
-            ax.text(j, i, MISSING if gain is None else f"{gain:+.2f} {MARKERS[verdict]}", ha="center", va="center",
+            ax.text(j, i, MISSING if gain is None else f"{gain:+.2f} {_marker(verdict)}", ha="center", va="center",
                     fontsize=7, color="white" if dark else "black", style="italic" if gain is None else "normal")
     return image
+
+
+def _marker(verdict: str) -> str:
+    """The verdict's marker, and FDR_MARK when it survives FDR 5% (verdict suffix `*`)."""
+    return MARKERS[verdict.rstrip("*")] + (FDR_MARK if verdict.endswith("*") else "")
 
 
 def figure(summary: dict):
@@ -84,7 +89,7 @@ def figure(summary: dict):
     cax = fig.add_axes(((left + pw + 0.2) / width, bottom / height, 0.12 / width, span / height))
     fig.colorbar(image, cax=cax).set_label("gain (+intermediate - direct), main metric", fontsize=8)
     fig.suptitle("Intermediate-task transfer gain\n" + "   ".join(f"{s} {v}" for v, s in MARKERS.items())
-                 + " (cross-lingual verdicts differ)", fontsize=8, y=1 - 0.1 / height)
+                 + f" (cross-lingual verdicts differ)   {FDR_MARK} survives FDR 5%", fontsize=8, y=1 - 0.1 / height)
     return fig
 
 

@@ -32,11 +32,14 @@ from harness.output.plot import plot
 from harness.output.summary import (
     BEST_NOTE,
     FDR,
+    FDR_MARK,
+    FDR_NOTE,
     MISSING,
     UNDER_TRAINED_MARK,
     UNDER_TRAINED_NOTE,
     build,
     fdr_line,
+    moderation_lines,
     summarise,
 )
 
@@ -53,6 +56,11 @@ def num(x, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
+def fdr_mark(g: dict) -> str:
+    """FDR_MARK on a verdict that survives FDR 5% (summary `fdr`), else nothing."""
+    return FDR_MARK if g.get("fdr") else ""
+
+
 def _main_entry(e: dict) -> str:
     if e["status"] != "ok":
         return MISSING
@@ -60,11 +68,11 @@ def _main_entry(e: dict) -> str:
     g = e["gain"][lang]
     mark = UNDER_TRAINED_MARK if e.get("under_trained") else ""
     return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
-            f"{num(g['mean'], True)} ({g['verdict']}){mark}")
+            f"{num(g['mean'], True)} ({g['verdict']}{fdr_mark(g)}){mark}")
 
 
 def _gain_entry(g: dict | None) -> str:
-    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']})"
+    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']}{fdr_mark(g)})"
 
 
 def _interval_entry(row: dict) -> str:
@@ -152,17 +160,34 @@ def robustness_note(summary: dict) -> str:
     return note + "."
 
 
+def _p_text(p) -> str:
+    return MISSING if p is None else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _seeds_text(k) -> str:
+    return "-" if k is None else str(k)
+
+
 def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    rows = [[r["cell"], r["language"], _interval_entry({**r, "source": "record"}), num(r["q_value"]),
-             num(r["mdc"])] for r in summary["significance"]]
-    return ["cell", "language", "gain [95% CI] (verdict)", "q (FDR)", "MDC"], rows
+    rows = [[r["cell"], r["language"], _interval_entry({**r, "source": "record"}) + fdr_mark(r), r["rule"],
+             _p_text(r["p_value"]), num(r["q_value"]), num(r["mdc"]), _seeds_text(r["seeds_needed"]),
+             _seeds_text(r["seeds_margin"])] for r in summary["significance"]]
+    margin = summary["fdr"].get("margin")
+    return ["cell", "language", "gain [95% CI] (verdict)", "rule", "p", "q (FDR)", "MDC", "seeds (gain)",
+            f"seeds ({num(margin) if margin is not None else 'margin'})"], rows
 
 
 def significance_note(summary: dict) -> str:
-    return (f"{fdr_line(summary['fdr'])}. q: the gain's Benjamini-Hochberg q-value across the run's gains (a "
-            f"verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable change, the smallest change "
-            "of the gain that the baseline check catches with 80% power against a baseline as noisy as this run "
-            "(no margin); a pass rules out changes of that size, not smaller ones.")
+    lines = "; ".join(moderation_lines(summary["moderation"]))
+    return (f"{fdr_line(summary['fdr'])}. {FDR_NOTE}. rule: `moderated` (the seed variance shrunk towards a prior "
+            "fitted across the run's gains of the same task, limma's moderated t) or `seed-t` (the cell's own "
+            "interval: bootstrap plus t on seeds - 1 degrees of freedom)" + (f"; {lines}" if lines else "")
+            + f". p: two-sided, from the interval's own distribution. q: the gain's Benjamini-Hochberg q-value "
+            f"across the run's gains (a verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable "
+            "change, the smallest change of the gain that the baseline check catches with 80% power against a "
+            "baseline as noisy as this run (no margin); a pass rules out changes of that size, not smaller ones. "
+            "seeds: the seeds with which a true gain of the observed size (and of --baseline-margin) is decided "
+            "with 80% power ('>50': the test set's own sampling error is too large; '-': no seed spread).")
 
 
 MOVED_HEADERS = ["cell", "lang", "moved", "baseline", "now", "change [interval]"]
@@ -180,9 +205,9 @@ def _header(summary: dict) -> str:
 
 # ---------------------------------------------------------------- formats
 
-MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {BEST_NOTE}"
+MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {FDR_NOTE}; {BEST_NOTE}"
 XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
-           "cross-lingual mean = mean gain over those languages.")
+           f"cross-lingual mean = mean gain over those languages. {FDR_NOTE}.")
 COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
              "where this run trained the intermediate model (otherwise it was cached). Train time covers every "
              "tuning trial; validation s: scoring the validation split after each epoch (tuning only); trials per "
@@ -228,7 +253,7 @@ def _errors_md(summary: dict) -> list[str]:
 
 _TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                       "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                      "\u2020": r"\textdagger{}"})
+                      "\u2020": r"\textdagger{}", "\u2021": r"\textdaggerdbl{}"})
 
 
 def tex_escape(text) -> str:
@@ -280,7 +305,7 @@ def to_latex(summary: dict) -> str:
 
 
 CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
-              "ci_high", "verdict", "q_value", "mdc")
+              "ci_high", "verdict", "q_value", "mdc", "rule", "p_value", "fdr")
 
 
 def _csv_value(x) -> str:
@@ -301,7 +326,8 @@ def tidy_rows(summary: dict) -> list[dict]:
                          for m, v in sorted(e["metrics"][arm][lang].items())]
         rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
                   "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
-                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc")}
+                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc"), "rule": g.get("rule"),
+                  "p_value": g.get("p_value"), "fdr": sig[(e["cell"], lang)]["fdr"]}
                  for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
         rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
     by = _cells_by(summary)
@@ -351,9 +377,9 @@ def terminal_table(records: list[dict]) -> str:
 
 
 def write_summary(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(),
-                  moved=()) -> list[Path]:
+                  moved=(), margin: float | None = None) -> list[Path]:
     """The run's summary.{md,csv,tex,json} and transfer.png in the results directory, each written atomically."""
-    summary = build(results_dir, records, errors, expected, moved)
+    summary = build(results_dir, records, errors, expected, moved, margin)
     paths = []
     for fmt in FORMATS:
         paths.append(atomic_write_text(Path(results_dir) / f"summary.{SUFFIX[fmt]}", render(summary, fmt)))

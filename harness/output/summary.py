@@ -9,9 +9,11 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   configuration) the difference of the two gains without an interval, and a note why;
 - cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
   behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
-- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
-  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
-  survive a 5% false discovery rate;
+- significance: per cell and language the gain under its rule (harness.results.analysis.moderate: the moderated
+  seed variance, or the cell's own interval), its p-value and Benjamini-Hochberg q-value across every gain of the
+  run, its minimum detectable change (what the baseline check catches with 80% power), the seeds that would
+  decide it, and how many verdicts survive a 5% false discovery rate: the same flags that put FDR_MARK on the
+  verdicts of every table;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
@@ -145,57 +147,108 @@ def _cost_total(entries: list[dict]) -> dict:
 
 
 FDR = 0.05
+FDR_MARK = "\u2021"
+FDR_NOTE = (f"{FDR_MARK} the verdict survives FDR {FDR:.0%} (Benjamini-Hochberg across the run's gains); a verdict "
+            "without it is called at 5% per gain")
 
 
-def significance(records: list[dict]) -> tuple[list[dict], dict]:
-    """Per cell and language: gain, verdict, bootstrap p-value, BH q-value across all gains of these records
-    that carry a p-value, and minimum detectable change; and the count of verdicts that survive FDR 5%."""
-    rows = [{"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS}, "p_value": g.get("p_value"),
-             "mdc": g.get("mdc"), "q_value": None}
-            for r in sorted(records, key=lambda r: r["cell"])
-            for lang, g in ((x, r["gain"][x]) for x in r["languages"])]
+def _seeds_needed(g: dict, effect: float, priors: dict, group: str):
+    """Seeds with which a gain of size `effect` is decided with 80% power (harness.results.stats.seeds_needed):
+    an int, `>MAX` when even MAX seeds do not reach it, None without per-seed gains or test-set error."""
+    from harness.results.stats import MAX_SEEDS, prior_d0, seeds_needed
+
+    if len(g.get("per_seed") or []) < 2 or g.get("se_boot") is None:
+        return None
+    if g.get("rule") == analysis.MODERATED:
+        var, d0 = g["seed_sd"] ** 2, prior_d0(priors[group])
+    else:
+        var, d0 = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (len(g["per_seed"]) - 1)), 0.0
+    k = seeds_needed(effect, g["se_boot"], var, d0)
+    return f">{MAX_SEEDS}" if k is None else k
+
+
+def significance(records: list[dict], moderated: dict | None = None, margin: float | None = None
+                 ) -> tuple[list[dict], dict]:
+    """Per cell and language: the gain under its rule (harness.results.analysis.moderate), its p-value, the BH
+    q-value across all gains of these records that carry a p-value, whether its verdict survives FDR 5% (`fdr`),
+    the minimum detectable change and the seeds that would decide a gain of its size and of `margin` with 80%
+    power; and the count of verdicts that survive FDR 5% (the same `fdr` flags the tables mark)."""
+    from harness.results.baselines import MARGIN
+    from harness.results.stats import group_of
+
+    moderated = moderated or analysis.moderate(records)
+    margin = MARGIN if margin is None else margin
+    rows = []
+    for r in sorted(records, key=lambda r: r["cell"]):
+        group = group_of(r["task"], r["main_metric"])
+        for lang in r["languages"]:
+            g = moderated["gains"][r["cell"]][lang]
+            rows.append({"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS},
+                         "p_value": g.get("p_value"), "mdc": g.get("mdc"), "q_value": None, "fdr": False,
+                         "rule": g["rule"], "seeds_needed": _seeds_needed(g, g["mean"], moderated["priors"], group),
+                         "seeds_margin": _seeds_needed(g, margin, moderated["priors"], group)})
     tested = [row for row in rows if row["p_value"] is not None]
     if tested:
         from harness.results.stats import q_values
         for row, q in zip(tested, q_values([row["p_value"] for row in tested])):
             row["q_value"] = float(q)
-    verdicts = [row for row in tested if row["verdict"] != "neutral"]
+            row["fdr"] = row["verdict"] in ("positive", "negative") and row["q_value"] < FDR
+            moderated["gains"][row["cell"]][row["language"]]["fdr"] = row["fdr"]
+    verdicts = [row for row in tested if row["verdict"] in ("positive", "negative")]
     return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
-                  "survive": sum(row["q_value"] < FDR for row in verdicts)}
+                  "survive": sum(row["fdr"] for row in verdicts), "margin": margin}
 
 
 def fdr_line(fdr: dict) -> str:
     if not fdr["gains"]:
         return "no gain carries a p-value: no false discovery rate"
     return (f"{fdr['survive']} of {fdr['verdicts']} verdicts survive FDR {fdr['level']:.0%} "
-            f"(Benjamini-Hochberg across {fdr['gains']} gains)")
+            f"(Benjamini-Hochberg across {fdr['gains']} gains; marked {FDR_MARK})")
+
+
+def moderation_lines(moderation: dict) -> list[str]:
+    """One line per fitted prior and per fallback (harness.results.analysis.moderate)."""
+    from harness.results.stats import D0_MAX
+
+    lines = []
+    for group, p in sorted(moderation["priors"].items()):
+        fitted = "inf" if p["d0_fitted"] is None else f"{p['d0_fitted']:.1f}"
+        lines.append(f"{group}: moderated seed variance, prior s0 {p['s0']:.3f} on d0 {p['d0']:.1f} degrees of "
+                     f"freedom (fitted {fitted}, capped at {D0_MAX:g}) from {p['gains']} gains of {p['cells']} cells")
+    return lines + list(moderation["notes"])
 
 
 def summarise(records: list[dict], errors: list[str] = (), expected=(), robustness: dict | None = None,
-              notes: list[str] = (), moved=()) -> dict:
+              notes: list[str] = (), moved=(), margin: float | None = None) -> dict:
     """Everything the tables and the plot show, as plain JSON-ready data (the `json` format prints it).
 
     `expected`: cell ids that belong to the grid even without a usable record (shown as missing).
     `robustness`, `notes`: harness.results.analysis.robustness of the records (see `build`); without them every
     robustness entry is the difference of two gains. `moved`: rows of verdicts weakened / strengthened against
-    the baseline (cell, language, outcome, baseline, now, change)."""
+    the baseline (cell, language, outcome, baseline, now, change). Gains are those of
+    harness.results.analysis.moderate (the rule in each gain's `rule`), with `fdr` marking the verdicts that
+    survive FDR 5%; `margin`: the --baseline-margin of the significance table's seeds column."""
+    moderation = analysis.moderate(records)
+    gains, fdr = significance(records, moderation, margin)
+    records = [{**r, "gain": moderation["gains"][r["cell"]]} for r in records]
     by_id = {r["cell"]: r for r in records}
     grid = layout(records, expected)
     metric_of = {r["task"]: r["main_metric"] for r in records}  # not harness.definitions.metrics: scipy costs a second
     entries = [_cell_entry(m, c["task"], c["domain"], by_id.get(f"{m}-{c['task']}-{c['domain']}"), metric_of)
                for m in grid["models"] for c in grid["columns"]]
     _mark_best(entries, by_id)
-    gains, fdr = significance(records)
     return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
-            "significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],
+            "significance": gains, "fdr": fdr,
+            "moderation": {"priors": moderation["priors"], "notes": moderation["notes"]}, "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 
 
-def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(), moved=()) -> dict:
+def build(results_dir: Path, records: list[dict], errors: list[str] = (), expected=(), moved=(),
+          margin: float | None = None) -> dict:
     """The summary of `records`, with robustness intervals analysed from the predictions under `results_dir`."""
     intervals, notes = analysis.robustness(results_dir, records)
-    return summarise(records, errors, expected, intervals, notes, moved)
+    return summarise(records, errors, expected, intervals, notes, moved, margin)
 

@@ -16,6 +16,7 @@ from harness.pytest.options import OPTIONS, parse_seeds, setting
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"  # user property: the path of the record a cell wrote
+RAN_KEY = "transfer_ran"  # user property: the id of a cell the fixture started to run
 BASELINE_KEY = "transfer_baseline"  # user property: (cell id, baseline status, moved verdicts, precision note)
 
 
@@ -54,6 +55,7 @@ class Session:
         self._profile = None
         self._ctx = None
         self._baselines = None
+        self._priors = None
         # what this process saw of the run (the controller's view under xdist)
         self.finished: list[str] = []  # record paths of cells that ran
         self.passed: list[str] = []  # records of cells whose test passed: what --update-baselines records
@@ -61,6 +63,7 @@ class Session:
         self.moved: list[list[str]] = []  # weakened / strengthened verdicts: cell, lang, outcome, baseline, now, change
         self.notes: dict[str, list[str]] = {}  # note -> cells checked against a baseline of another precision
         self.collected: set[str] = set()  # ids of the grid cells selected to run
+        self.ran: set[str] = set()  # ids of the grid cells the transfer_bench fixture started (any outcome)
         self.worker_exits: dict[str, str] = {}  # xdist worker id -> how its process ended, for a crash report
         self.baseline_lines: list[str] = []
         self.baseline_update_failed = False
@@ -124,6 +127,13 @@ class Session:
             self._baselines = load(self.baseline_file, self.profile_name)
         return self._baselines
 
+    def baseline_priors(self) -> dict:
+        """The gains' seed-variance priors fitted on the baseline file (harness.results.baselines.priors_of)."""
+        if self._priors is None:
+            from harness.results.baselines import priors_of
+            self._priors = priors_of(self.baselines())
+        return self._priors
+
     @property
     def profile(self):
         """The profile with the --spec file applied, loaded on first use; pytest.UsageError when unusable."""
@@ -184,6 +194,8 @@ class Session:
         if report.when != "call":
             return
         for key, value in report.user_properties:
+            if key == RAN_KEY:
+                self.ran.add(value)
             if key == RECORD_KEY and value not in self.finished:
                 self.finished.append(value)
             if key == RECORD_KEY and report.passed and value not in self.passed:
@@ -211,10 +223,12 @@ class Session:
 
     def finish(self) -> None:
         """On the controller (or a run without xdist): update the baselines if asked, then write the summary of
-        every usable record in the results folder, listing the selected cells without one as missing."""
+        every usable record in the results folder, listing the selected cells without one as missing. A session
+        that ran no grid cell (the harness's own tests, `-k` matching none, a collection error) leaves the results
+        folder alone: no summary, no folder created."""
         if self.config.getoption("update_baselines") and self.passed:
             self._update_baselines()
-        if not self.finished and not self.collected:
+        if not self.finished and not self.ran:
             return
         from harness.output.report import write_summary
         from harness.results.record import cells_dir, load_records
@@ -227,7 +241,7 @@ class Session:
         if records or expected:
             try:
                 written = write_summary(results_dir, records, errors, expected=sorted(expected),
-                                        moved=sorted(self.moved))
+                                        moved=sorted(self.moved), margin=self.margin)
             except OSError as err:
                 errors.append(f"{results_dir}: summary not written ({err})")
         self.summary = {"records": records, "errors": errors, "written": written}
@@ -309,6 +323,7 @@ class CellRunner:
         from harness.results.record import RecordError, record_path
         from harness.running.models import ModelError
 
+        self.node.user_properties.append((RAN_KEY, cell.id))
         ctx = self.session.context
         try:
             record = run_cell(ctx, cell)
@@ -329,7 +344,8 @@ class CellRunner:
         if config.getoption("update_baselines"):
             return
         try:
-            result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin)
+            result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin,
+                           self.session.baseline_priors())
         except BaselineError as err:
             pytest.fail(str(err), pytrace=False)
         status, message = result.status, result.message

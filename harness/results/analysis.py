@@ -1,9 +1,12 @@
-"""Every statistic of the harness, computed from per-example predictions:
+"""Every statistic of the harness, computed from per-example predictions or from the records:
 - `cell_statistics`: a cell's own (when its record is written): each arm's test-set standard error, the gain
   per language with its interval, p-value and minimum detectable change, and `uninformative` verdicts;
 - `robustness`: across cells over their saved predictions, done when a summary is built (end of run, `report`,
   `merge`): the robustness of a gain to domain shift. A cell never reads another cell's files; this runs after
-  them, so `-k` subsets, shards and reruns in any order get the same numbers.
+  them, so `-k` subsets, shards and reruns in any order get the same numbers;
+- `moderate`: across cells from their records, when a summary is built: each gain re-read with a seed variance
+  that borrows strength from the run's other gains of the same task (limma's moderated t, Smyth 2004; the rule
+  `moderated`), or, where that is not possible, as the cell recorded it (today's rule, `seed-t`).
 """
 from __future__ import annotations
 
@@ -102,3 +105,51 @@ def _intervals(shifted: CellRecord, general_saved: dict, shifted_saved: dict) ->
             out[lang] = stats.robustness(base, here, shifted["main_metric"],
                                          stats.stream_seed(shifted["cell"], lang, "robustness"))
     return out
+
+
+MODERATED, SEED_T = "moderated", "seed-t"  # the rules an interval comes from (README: Verdicts and baselines)
+
+
+def _usable(gain: dict) -> bool:
+    return isinstance(gain.get("per_seed"), list) and "se_boot" in gain
+
+
+def moderate(records: list[CellRecord]) -> dict:
+    """Every gain of `records` under the moderated rule where it applies: {"gains": {cell: {language: gain}},
+    "priors": {group: prior}, "notes": [one line per fallback]}. Each gain keeps the record's fields and gets
+    `rule` (MODERATED or SEED_T) and, moderated, `seed_sd` and `df`; the interval, verdict and p-value are the
+    rule's. A prior per task and main metric (harness.results.stats.fit_priors) needs MIN_CELLS cells with a seed
+    spread; without it (a cell run alone, one seed) or without per-seed gains, a gain keeps the record's interval
+    and bootstrap p-value (today's rule), and a note says so. Deterministic: the same records in any order give
+    the same answer."""
+    from harness.results import stats
+
+    records = sorted(records, key=lambda r: r["cell"])
+    priors = stats.fit_priors((stats.group_of(r["task"], r["main_metric"]), r["cell"], g["per_seed"])
+                              for r in records for g in r["gain"].values() if _usable(g))
+    gains, notes, alone = {}, [], {}
+    for r in records:
+        group = stats.group_of(r["task"], r["main_metric"])
+        prior, out, lacking = priors.get(group), {}, []
+        for lang in r["languages"]:
+            g = r["gain"][lang]
+            if prior is None or not _usable(g) or len(g["per_seed"]) < 2:
+                out[lang] = {**g, "rule": SEED_T}
+                if not _usable(g):
+                    lacking.append(lang)
+                continue
+            new = stats.moderated_gain(g, stats.prior_d0(prior), prior["s0"] ** 2)
+            if g["verdict"] == UNINFORMATIVE:
+                new["verdict"] = UNINFORMATIVE
+            out[lang] = {**g, **new, "rule": MODERATED}
+        if lacking:
+            notes.append(f"{r['cell']}: no per-seed gains or se_boot in {', '.join(lacking)}: today's rule "
+                         f"({SEED_T}) for {'that gain' if len(lacking) == 1 else 'those gains'}")
+        elif prior is None and len(r["seeds"]) > 1:
+            alone.setdefault(group, []).append(r["cell"])
+        gains[r["cell"]] = out
+    for group, cells in sorted(alone.items()):
+        notes.append(f"{group}: {len(cells)} cell(s) with a seed spread, a prior needs {stats.MIN_CELLS}: today's "
+                     f"rule ({SEED_T}) for {', '.join(cells)}")
+    return {"gains": gains, "priors": priors, "notes": notes}
+

@@ -29,7 +29,7 @@ from pathlib import Path
 from filelock import FileLock
 from tabulate import tabulate
 
-from harness.definitions.grid import ARMS
+from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
 from harness.results import stats
 from harness.results.record import read_json
@@ -176,10 +176,36 @@ def detectable(gain: dict, languages: int) -> float:
     return stats.detectable(gain, cell_level(languages))
 
 
-def judge(old: dict, new: dict, margin: float = MARGIN) -> list[dict]:
+def priors_of(cells: dict) -> dict[str, dict]:
+    """Seed-variance priors of the gains (harness.results.stats.fit_priors, per task and main metric) fitted
+    across every entry of `cells` ({cell id: {entry key: entry}}, a baseline file's cells): the prior with which
+    the check moderates both runs' seed variances of a gain. Fixed by the baseline file, so a cell is judged
+    the same alone, under -k, in shards and in any order."""
+    triples = []
+    for cell, entries in cells.items():
+        try:
+            task = parse_cell_id(cell).task
+        except ValueError:
+            continue
+        for e in entries.values():
+            triples += [(stats.group_of(task, e["main_metric"]), cell, g["per_seed"]) for g in e["gain"].values()
+                        if isinstance(g.get("per_seed"), list)]
+    return stats.fit_priors(triples)
+
+
+def gain_prior(priors: dict, cell: str, main_metric: str) -> tuple[float, float] | None:
+    """(d0, s0^2) of a cell's gains from `priors_of`, or None (no prior: the unmoderated change test)."""
+    try:
+        prior = priors.get(stats.group_of(parse_cell_id(cell).task, main_metric))
+    except ValueError:
+        return None
+    return None if prior is None else (stats.prior_d0(prior), prior["s0"] ** 2)
+
+
+def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, float] | None = None) -> list[dict]:
     """One row per language of `old` and per quantity (the gain, each arm's main metric): `what`, the two
-    values, the `change` (harness.results.stats.change at `cell_level`) and the `outcome`: ok, fail, weakened or
-    strengthened."""
+    values, the `change` (harness.results.stats.change at `cell_level`; the gain's with the seed-variance
+    `prior` when given, see priors_of) and the `outcome`: ok, fail, weakened or strengthened."""
     rows, main = [], old["main_metric"]
     level = cell_level(len(old["languages"]))
     for lang in old["languages"]:
@@ -188,7 +214,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN) -> list[dict]:
                          "outcome": "fail", "why": "missing"})
             continue
         og, ng = old["gain"][lang], new["gain"][lang]
-        c = stats.change(og, ng, level)
+        c = stats.change(og, ng, level, prior)
         outcome, why = _outcome(c, margin), "significant change"
         if _reversed(og["verdict"], ng["verdict"]):
             outcome, why = "fail", "verdict reversed"
@@ -233,13 +259,15 @@ class Check:
     note: str | None = None
 
 
-def check(record: dict, cells: dict, path: Path, margin: float = MARGIN) -> Check:
-    """The check of a cell record against the baseline entries `cells` read from `path`."""
+def check(record: dict, cells: dict, path: Path, margin: float = MARGIN, priors: dict | None = None) -> Check:
+    """The check of a cell record against the baseline entries `cells` read from `path`; `priors`: priors_of
+    `cells` (computed here when not given)."""
     cell = record["cell"]
     if cell not in cells:
         return Check("new", f"{cell}: no baseline in {path}; record one with --update-baselines")
     base, note = pick(cells[cell], record)
-    rows = [{**r, "cell": cell} for r in judge(base, record, margin)]
+    prior = gain_prior(priors_of(cells) if priors is None else priors, cell, base["main_metric"])
+    rows = [{**r, "cell": cell} for r in judge(base, record, margin, prior)]
     failed = [r for r in rows if r["outcome"] == "fail"]
     moved = [r for r in rows if r["outcome"] in ("weakened", "strengthened")]
     moved = [[cell, r["language"], r["outcome"], value_text(r["old"]), value_text(r["new"]), change_text(r["change"])]

@@ -58,8 +58,10 @@ def _resolve(side: dict, other: dict) -> tuple[dict, str | None]:
 
 def compare(old: dict, new: dict, margin: float = baselines.MARGIN) -> tuple[list[dict], list[str]]:
     """Rows of the rule (harness.results.baselines.judge) for every cell on both sides, plus a row per cell or language
-    on one side only (`outcome` only old / only new, never a failure), and the precision notes."""
+    on one side only (`outcome` only old / only new, never a failure), and the precision notes. The gains'
+    seed-variance priors are fitted on the old side, as the baseline check fits them on the baseline file."""
     rows, notes = [], []
+    priors = baselines.priors_of({cell: side.get("entries") or {"record": side} for cell, side in old.items()})
     for cell in sorted(set(old) | set(new)):
         if cell not in old or cell not in new:
             side = "only old" if cell in old else "only new"
@@ -68,7 +70,8 @@ def compare(old: dict, new: dict, margin: float = baselines.MARGIN) -> tuple[lis
             continue
         (o, note_o), (n, note_n) = _resolve(old[cell], new[cell]), _resolve(new[cell], old[cell])
         notes += [f"{cell}: {x}" for x in (note_o, note_n) if x]
-        rows += [{**r, "cell": cell} for r in baselines.judge(o, n, margin)]
+        prior = baselines.gain_prior(priors, cell, o["main_metric"])
+        rows += [{**r, "cell": cell} for r in baselines.judge(o, n, margin, prior)]
         rows += [{"cell": cell, "language": lang, "what": "language", "old": "missing", "new": "present",
                   "change": None, "outcome": "only new", "why": ""} for lang in n["languages"]
                  if lang not in o["languages"]]
