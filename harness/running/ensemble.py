@@ -59,7 +59,7 @@ class Stacked:
     """k models of one architecture as stacked parameters and a vmapped functional forward."""
 
     def __init__(self, models: list, device, family: str):
-        self.models = [m.to(device) for m in models]
+        self.models, self.device = [m.to(device) for m in models], device
         self.params, self.buffers = stack_module_state(self.models)
         self.base = copy.deepcopy(self.models[0]).to("meta")
         self.sdpa_mask = family in SDPA_FAMILIES  # those take a prepared 4D boolean mask (no data-dependent checks)
@@ -77,7 +77,9 @@ class Stacked:
         """[members, batch, labels]; `shared`: the same batch for every member (evaluation)."""
         dims = None if shared else 0
         in_dims = (0, 0, dims, None if mask is None else dims, None if types is None else dims)
-        return vmap(self._one, in_dims=in_dims, randomness="different")(self.params, self.buffers, ids, mask, types)
+        with _attention(self.device):
+            return vmap(self._one, in_dims=in_dims, randomness="different")(self.params, self.buffers, ids, mask,
+                                                                           types)
 
     def write_back(self) -> None:
         """The trained stacked weights into each member model."""
@@ -85,6 +87,19 @@ class Stacked:
             for name, stacked in self.params.items():
                 for m, model in enumerate(self.models):
                     model.get_parameter(name).copy_(stacked[m])
+
+
+def _attention(device):
+    """SDPA's math backend under vmap on CPU: the fused CPU kernels have no batching rule, so vmap would run them
+    member by member (TRANSFER_BENCH_ENSEMBLE_SDPA=default keeps torch's choice; other devices keep it)."""
+    import contextlib
+    import os
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if torch.device(device).type != "cpu" or os.environ.get("TRANSFER_BENCH_ENSEMBLE_SDPA") == "default":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _tensor(array, device):
