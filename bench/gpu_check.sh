@@ -46,13 +46,13 @@ if [ -z "$DATA" ] && [ -f ../shared/data/MANIFEST.md ]; then DATA=../shared/data
 if [ "$CPU" = 1 ]; then
   T_INSTALL=${GPU_CHECK_TIMEOUT_INSTALL:-60}; T_THROUGHPUT=${GPU_CHECK_TIMEOUT_THROUGHPUT:-60}
   T_TINY=${GPU_CHECK_TIMEOUT_TINY:-90}; T_MINILM=${GPU_CHECK_TIMEOUT_MINILM:-60}
-  THROUGHPUT_ARGS=(--smoke --no-profile --examples 32 --batch-sizes 8 --epochs 1 --settings b16,trainer)
+  THROUGHPUT_ARGS=(--smoke --no-profile --examples 32 --batch-sizes 8 --epochs 1 --settings b16,trainer,ensemble)
   TINY_ARGS=(-n 0 -k "bert-sentiment-general" --seeds 1)
   MINILM_K="bert-sentiment-general"; MINILM_ARGS=(--seeds 1 --no-tune)
 else
-  T_INSTALL=${GPU_CHECK_TIMEOUT_INSTALL:-60}; T_THROUGHPUT=${GPU_CHECK_TIMEOUT_THROUGHPUT:-180}
-  T_TINY=${GPU_CHECK_TIMEOUT_TINY:-180}; T_MINILM=${GPU_CHECK_TIMEOUT_MINILM:-90}
-  THROUGHPUT_ARGS=()
+  T_INSTALL=${GPU_CHECK_TIMEOUT_INSTALL:-60}; T_THROUGHPUT=${GPU_CHECK_TIMEOUT_THROUGHPUT:-210}
+  T_TINY=${GPU_CHECK_TIMEOUT_TINY:-150}; T_MINILM=${GPU_CHECK_TIMEOUT_MINILM:-90}
+  THROUGHPUT_ARGS=(--settings exact,b16,b32,trainer,ensemble)
   TINY_ARGS=(-n 4)
   MINILM_K="bert-similarity-general or bert-sentiment-general"; MINILM_ARGS=()
 fi

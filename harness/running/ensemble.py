@@ -26,7 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
 from harness.running.models import SDPA_FAMILIES
-from harness.running.train import eval_batches, length_grouped_batches, lengths_of
+from harness.running.train import autocast, eval_batches, length_grouped_batches, lengths_of
 
 
 def group_seed(seeds) -> int:
@@ -77,7 +77,7 @@ class Stacked:
         """[members, batch, labels]; `shared`: the same batch for every member (evaluation)."""
         dims = None if shared else 0
         in_dims = (0, 0, dims, None if mask is None else dims, None if types is None else dims)
-        with _attention(self.device):
+        with _attention(self.device), autocast(self.device):
             return vmap(self._one, in_dims=in_dims, randomness="different")(self.params, self.buffers, ids, mask,
                                                                            types)
 
