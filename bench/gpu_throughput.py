@@ -16,7 +16,9 @@ batch size; its batch sizes run one after the other in that process. Settings:
 - b8, b16, b32: widths rounded up to multiples of 8/16/32 and the SDPA backends chosen by the probe
   (harness.running.attention); b16 is the harness's GPU default (harness.running.buckets.GPU_MULTIPLE);
 - compile (with --compile; minutes, not seconds): b16 with compiled steps, one graph per bucket;
-- trainer: Trainer (bf16 where the harness uses it, SDPA, dynamic padding), one trainer.train() per epoch.
+- trainer: Trainer (bf16 where the harness uses it, SDPA, dynamic padding), one trainer.train() per epoch;
+- ensemble: three seeds' models trained together (harness.running.ensemble, pytest --ensemble); its examples/s
+  and MFU count the three models' work (compare with 3 x b16's seconds for the same work).
 MFU counts real tokens only (harness.running.flops) against the data-sheet dense peak of the precision in use. After the
 table, the top kernels of a few training steps of b16 at the largest batch size (what limits MFU). The settings
 that leave them alone take TRANSFER_BENCH_SDPA / TRANSFER_BENCH_BUCKETS from the caller, e.g.
@@ -53,7 +55,9 @@ SETTINGS = {  # key: (label, environment of its process: harness.running.buckets
     "b32": ("buckets of 32", {"TRANSFER_BENCH_BUCKETS": "32"}),
     "compile": ("buckets of 16 + compile", {}),
     "trainer": ("Trainer", {}),
+    "ensemble": ("3 seeds together (--ensemble)", {}),
 }
+ENSEMBLE_SEEDS = (0, 1, 2)
 PROFILED = "b16"
 
 
@@ -75,11 +79,11 @@ def synthetic(n: int, max_length: int, vocab: int, seed: int = 0) -> Encoded:
     return Encoded(ids, [np.zeros(t, dtype=np.int64) for t in lengths], rng.integers(0, 2, size=n))
 
 
-def bert(opts: Options):
-    """bert-base's shape (or a tiny one for the smoke run), SDPA attention, randomly initialised (seed 0)."""
+def bert(opts: Options, seed: int = 0):
+    """bert-base's shape (or a tiny one for the smoke run), SDPA attention, randomly initialised (`seed`)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                 vocab_size=2000, max_position_embeddings=64) if opts.smoke else {}
     return BertForSequenceClassification(BertConfig(num_labels=2, attn_implementation="sdpa", **size))
@@ -110,6 +114,19 @@ def harness_epochs(key: str, model, data: Encoded, cfg: TrainConfig, opts: Optio
         info = loop.train(model, data, cfg, epoch, opts.device, 0, False, compile=key == "compile")
         _sync(opts.device)
         yield time.perf_counter() - start, peak_gib(opts.device), info["compiles"]
+
+
+def ensemble_epochs(models: list, data: Encoded, cfg: TrainConfig, opts: Options):
+    """(seconds, peak GiB, None) of each epoch of the models trained together (harness.running.ensemble)."""
+    from harness.running.ensemble import train_together
+
+    for epoch in range(opts.epochs):
+        if opts.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        train_together(models, "bert", data, cfg, [epoch * 10 + s for s in ENSEMBLE_SEEDS], opts.device, 0, False)
+        _sync(opts.device)
+        yield time.perf_counter() - start, peak_gib(opts.device), None
 
 
 def trainer_epochs(model, data: Encoded, cfg: TrainConfig, opts: Options):
@@ -163,12 +180,19 @@ def measure(key: str, opts: Options) -> dict:
         cfg = replace(TrainConfig(), lr=2e-5, epochs=1, batch_size=batch_size, max_length=opts.max_length)
         model = bert(opts).to(opts.device)
         work = flops.train_flops(model, loop.lengths_of(data), 1)
-        epochs = trainer_epochs(model, data, cfg, opts) if key == "trainer" else \
-            harness_epochs(key, model, data, cfg, opts)
+        members = len(ENSEMBLE_SEEDS) if key == "ensemble" else 1
+        if key == "ensemble":
+            epochs = ensemble_epochs([model] + [bert(opts, s).to(opts.device) for s in ENSEMBLE_SEEDS[1:]], data,
+                                     cfg, opts)
+        elif key == "trainer":
+            epochs = trainer_epochs(model, data, cfg, opts)
+        else:
+            epochs = harness_epochs(key, model, data, cfg, opts)
         try:
             for epoch, (seconds, memory, compiles) in enumerate(epochs, 1):
                 rows.append({"setting": SETTINGS[key][0], "batch_size": batch_size, "epoch": epoch,
-                             "seconds": seconds, "examples_per_s": len(data) / seconds, "mfu": work / seconds / peak,
+                             "seconds": seconds, "examples_per_s": members * len(data) / seconds,
+                             "mfu": members * work / seconds / peak,
                              "peak_memory_gib": memory, "compiles": compiles})
         except ImportError as err:  # Trainer needs accelerate; a bare GPU machine may lack it
             if key != "trainer":

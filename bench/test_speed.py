@@ -33,6 +33,7 @@ from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
 from harness.running import flops
+from harness.running import ensemble
 from harness.running.assets import RunContext, load_dataset, tokenizer_for
 from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
 from harness.running.models import build_model
@@ -46,6 +47,7 @@ CASES = {"tiny-bert": ("tiny", "bert"), "tiny-roberta": ("tiny", "roberta"), "ti
 ROUNDS = {"tiny": {"train": 7, "eval": 7}, "minilm": {"train": 3, "eval": 3}}
 MAX_TRAIN = {"minilm": 320}  # 20 steps of 16: a MiniLM round takes tens of seconds on 2 cores
 SEED = 0
+ENSEMBLE = {"seeds": [0, 1, 2], "rounds": {"tiny": 3, "minilm": 1}}  # test_ensemble_speed: k seeds, timed rounds
 
 
 @dataclass
@@ -172,3 +174,34 @@ def test_prediction_speed(case: Case, benchmark, speed_table, tmp_path):
     summarise(benchmark, speed_table, case, "eval", len(case.test), ours, theirs,
               flops.forward_flops(model, lengths_of(case.test)), agreement=agreement)
     assert agreement >= 0.99, f"the same weights predict differently: {agreement:.3f} agreement"
+
+
+def test_ensemble_speed(case: Case, benchmark, speed_table):
+    """k seeds trained one after the other (harness.running.train) vs together (harness.running.ensemble, pytest
+    --ensemble), alternating rounds; the same models (one per seed), data and hyper-parameters."""
+    seeds, ours, theirs, done = ENSEMBLE["seeds"], [], {"sequential": []}, {}
+    pad, left = case.padding
+    fresh = lambda: [build_model(case.spec, case.tokenizer, case.num_labels, case.cfg.max_length, s)  # noqa: E731
+                     for s in seeds]
+
+    def sequential_round():
+        models = fresh()
+        theirs["sequential"].append(clock(lambda: [train(m, case.train, case.cfg, s, case.device, pad, left)
+                                                   for m, s in zip(models, seeds)]))
+        done["sequential"] = models
+        return (fresh(),), {}
+
+    def ensemble_round(models):
+        ours.append(clock(lambda: ensemble.train_together(models, case.spec.family, case.train, case.cfg, seeds,
+                                                          case.device, pad, left)))
+        done["ensemble"] = models
+
+    rounds = ENSEMBLE["rounds"]["minilm" if case.name == "minilm" else "tiny"]
+    benchmark.pedantic(ensemble_round, setup=sequential_round, rounds=rounds, warmup_rounds=1)
+    accuracy_of = lambda models: [accuracy(case.test.targets, p) for p in ensemble.predict_together(  # noqa: E731
+        models, case.spec.family, case.test, case.cfg.eval_batch_size, case.device, pad, left)]
+    row = summarise(benchmark, speed_table, case, f"train x{len(seeds)} seeds", len(seeds) * len(case.train), ours,
+                    theirs, len(seeds) * flops.train_flops(done["ensemble"][0], lengths_of(case.train), 1),
+                    ensemble_accuracy=statistics.mean(accuracy_of(done["ensemble"])),
+                    sequential_accuracy=statistics.mean(accuracy_of(done["sequential"])))
+    assert row["harness_ex_per_s"] > 0 and row["sequential_ex_per_s"] > 0

@@ -29,6 +29,7 @@ class RunContext:
     rerun: bool = False
     compile: bool = False  # torch.compile the model for training (pytest --compile)
     tune: bool = False  # per-arm selection on validation data (the profile's default; pytest --tune / --no-tune)
+    ensemble: bool = False  # untuned target training: all seeds and both arms as one stacked model (pytest --ensemble)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):

@@ -20,7 +20,7 @@ import torch
 from harness.definitions.grid import ARMS, Cell
 from harness.definitions.metrics import FUNCTIONS, main_metric, score
 from harness.definitions.tasks import task_type
-from harness.running import flops, tuning
+from harness.running import ensemble, flops, tuning
 from harness.running.assets import Loaded, RunContext, _encode, intermediate_body, load_dataset, tokenizer_for
 from harness.running.cache import fingerprint
 from harness.running.devices import precision
@@ -73,11 +73,13 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     train_examples = eval_examples = 0
     preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
     inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
+    together = {} if space is not None or not ctx.ensemble else \
+        ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc)
     for seed in ctx.seeds:
         for arm in ARMS:
             body = None
             if arm == "intermediate":
-                body, meta = intermediate_body(ctx, cell, seed)
+                body, meta = (None, together[(arm, seed)][2]) if together else intermediate_body(ctx, cell, seed)
                 timings["intermediate_s"] += meta["seconds"]
                 inter_meta.append({"seed": seed, **meta})
 
@@ -88,7 +90,10 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                 return model
 
             desc = f"{cell.id} {arm} s{seed}"
-            if space is None:
+            if (arm, seed) in together:  # --ensemble: trained with the other seeds and arm (harness.running.ensemble)
+                model, info, _ = together[(arm, seed)]
+                epochs[arm].append(hp.epochs)
+            elif space is None:
                 model = fresh()
                 info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=desc, compile=ctx.compile)
                 epochs[arm].append(hp.epochs)
@@ -219,7 +224,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     search space and a non-default main metric join the key only when in use (untuned keys stay as they were)."""
     import transformers
     p = ctx.profile
-    extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else [])
+    extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
+        (["ensemble"] if ctx.ensemble and not ctx.tune else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra)

@@ -1,0 +1,215 @@
+"""Seeds trained together (issue 22, opt-in: pytest --ensemble): the untuned target training of a cell's arms,
+all seeds and both arms, as one stacked ensemble (torch.func.stack_module_state + vmap over functional_call), so
+a step does every member's work in one pass of larger kernels.
+
+Each member keeps its own initialisation (build_model with its seed; the intermediate arm its seed's body), data
+order (numpy generator of its seed, as harness.running.train), loss, gradient clipping (per-member norm) and
+AdamW state (AdamW is elementwise: a stacked tensor's state is the members' states side by side). What members
+share: the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
+a member whose batch is short, the last one of an epoch, is padded with zero-weight rows) and the dropout
+generator (vmap randomness="different": each member gets its own masks, drawn from one generator seeded by the
+group). So a seed's numbers are not those of sequential training and depend on the group it trains in (the
+cell's seeds, part of the record's configuration key); the same group gives the same numbers on every run,
+alone or under xdist (CPU).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Encoded
+from harness.running.models import SDPA_FAMILIES
+from harness.running.train import autocast, eval_batches, length_grouped_batches, lengths_of
+
+
+def group_seed(seeds) -> int:
+    """The dropout generator's seed of a group of member seeds (order matters: it is the members' order)."""
+    return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
+
+
+def _pad(data: Encoded, batches: list, width: int, size: int, pad_id: int, left_pad: bool):
+    """Members' batches as [members, size, width] arrays (ids, mask, token types or None, targets, row weights)."""
+    k = len(batches)
+    ids = np.full((k, size, width), pad_id, dtype=np.int64)
+    mask = np.zeros((k, size, width), dtype=np.int64)
+    types = np.zeros((k, size, width), dtype=np.int64) if data.token_type_ids is not None else None
+    weights = np.zeros((k, size), dtype=np.float32)
+    targets = np.zeros((k, size), dtype=data.targets.dtype)
+    for m, idx in enumerate(batches):
+        rows = list(idx) + [idx[0]] * (size - len(idx))  # filler rows: a real example, weight 0
+        weights[m, :len(idx)] = 1.0 / len(idx)
+        for r, i in enumerate(rows):
+            n = len(data.input_ids[i])
+            cols = slice(width - n, width) if left_pad else slice(0, n)
+            ids[m, r, cols], mask[m, r, cols] = data.input_ids[i], 1
+            if types is not None:
+                types[m, r, cols] = data.token_type_ids[i]
+        targets[m] = data.targets[np.asarray(rows)]
+    return ids, mask, types, targets, weights
+
+
+class Stacked:
+    """k models of one architecture as stacked parameters and a vmapped functional forward."""
+
+    def __init__(self, models: list, device, family: str):
+        self.models, self.device = [m.to(device) for m in models], device
+        self.params, self.buffers = stack_module_state(self.models)
+        self.base = copy.deepcopy(self.models[0]).to("meta")
+        self.sdpa_mask = family in SDPA_FAMILIES  # those take a prepared 4D boolean mask (no data-dependent checks)
+
+    def _one(self, params, buffers, ids, mask, types):
+        kwargs = {"input_ids": ids}
+        if mask is not None:
+            kwargs["attention_mask"] = (mask[:, None, None, :].bool().expand(-1, 1, ids.shape[-1], -1)
+                                        if self.sdpa_mask else mask)
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        return functional_call(self.base, (params, buffers), (), kwargs).logits
+
+    def logits(self, ids, mask, types, shared: bool = False):
+        """[members, batch, labels]; `shared`: the same batch for every member (evaluation)."""
+        dims = None if shared else 0
+        in_dims = (0, 0, dims, None if mask is None else dims, None if types is None else dims)
+        with _attention(self.device), autocast(self.device):
+            return vmap(self._one, in_dims=in_dims, randomness="different")(self.params, self.buffers, ids, mask,
+                                                                           types)
+
+    def write_back(self) -> None:
+        """The trained stacked weights into each member model."""
+        with torch.no_grad():
+            for name, stacked in self.params.items():
+                for m, model in enumerate(self.models):
+                    model.get_parameter(name).copy_(stacked[m])
+
+
+def _attention(device):
+    """SDPA's math backend under vmap on CPU: the fused CPU kernels have no batching rule, so vmap would run them
+    member by member (TRANSFER_BENCH_ENSEMBLE_SDPA=default keeps torch's choice; other devices keep it)."""
+    import contextlib
+    import os
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if torch.device(device).type != "cpu" or os.environ.get("TRANSFER_BENCH_ENSEMBLE_SDPA") == "default":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _tensor(array, device):
+    return None if array is None else torch.from_numpy(array).to(device)
+
+
+def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, seeds: list, device, pad_id: int,
+                   left_pad: bool) -> list[dict]:
+    """Train `models` (member m with data order `seeds[m]`) together; their weights are updated in place. Returns
+    one info dict per member, as harness.running.train.train (each member's `seconds`: the wall time / k)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(group_seed(seeds))
+    k = len(models)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    for model in models:
+        model.train()
+    stack = Stacked(models, device, family)
+    stack.base.train()
+    lengths = lengths_of(data)
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps = cfg.epochs * per_epoch
+    params = list(stack.params.values())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 3], "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.ndim < 3], "weight_decay": 0.0}],
+                            lr=cfg.lr, fused=True)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    regression = data.targets.dtype.kind == "f"
+    losses, start = [], time.perf_counter()
+    for _ in range(cfg.epochs):
+        plans = [length_grouped_batches(lengths, cfg.batch_size, rng) for rng in rngs]
+        for step in zip(*plans):
+            width = int(max(lengths[idx].max() for idx in step))
+            ids, mask, types, targets, weights = _pad(data, list(step), width, max(len(i) for i in step), pad_id,
+                                                      left_pad)
+            full = bool(mask.all())
+            logits = stack.logits(_tensor(ids, device), None if full else _tensor(mask, device),
+                                  _tensor(types, device))
+            y, w = _tensor(targets, device), _tensor(weights, device)
+            if regression:
+                per_row = (logits.squeeze(-1).float() - y.float()) ** 2
+            else:
+                per_row = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(k, -1)
+            member_loss = (per_row * w).sum(1)  # each member's mean loss over its real rows
+            member_loss.sum().backward()
+            _clip(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(member_loss.detach())
+    stack.write_back()
+    curve = torch.stack(losses).cpu().numpy() if losses else np.zeros((0, k))
+    seconds = time.perf_counter() - start
+    return [{"seconds": seconds / k, "examples": cfg.epochs * len(data), "examples_per_s": k * cfg.epochs * len(data)
+             / max(seconds, 1e-9), "callback_seconds": 0.0, "steps": steps, "compiles": 0, "ensemble": k,
+             "loss_first": float(curve[:5, m].mean()) if len(curve) else math.nan,
+             "loss_last": float(curve[-5:, m].mean()) if len(curve) else math.nan} for m in range(k)]
+
+
+def _clip(params: list, max_norm: float) -> None:
+    """clip_grad_norm_ per member: each member's gradient norm over all its tensors (dim 0 is the member)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, [coef.view(-1, *([1] * (g.ndim - 1))) for g in grads])
+
+
+@torch.inference_mode()
+def predict_together(models: list, family: str, data: Encoded, batch_size: int, device, pad_id: int,
+                     left_pad: bool) -> list[np.ndarray]:
+    """Each member's predictions (class ids or scores, in the order of `data`), all members in one pass a batch."""
+    for model in models:
+        model.eval()
+    stack = Stacked(models, device, family)
+    stack.base.eval()
+    lengths = lengths_of(data)
+    batches = eval_batches(lengths, batch_size, int)
+    out = []
+    for idx in batches:
+        ids, mask, types, _, _ = _pad(data, [idx], int(lengths[idx].max()), len(idx), pad_id, left_pad)
+        logits = stack.logits(_tensor(ids[0], device), None if mask.all() else _tensor(mask[0], device),
+                              _tensor(types[0] if types is not None else None, device), shared=True)
+        out.append(logits.squeeze(-1).float() if logits.shape[-1] == 1 else logits.argmax(-1))
+    preds = torch.cat(out, dim=1).cpu().numpy() if out else np.zeros((len(models), 0))
+    order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    result = np.empty_like(preds)
+    result[:, order] = preds
+    return list(result)
+
+
+def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) -> dict:
+    """Both arms of every seed of an untuned cell trained together: {(arm, seed): (model, info, intermediate
+    metadata or None)}, members in the
+    order (seed, arm) of the sequential loop; each intermediate member starts from its seed's intermediate body
+    (trained or read by harness.running.assets.intermediate_body, as in the sequential loop)."""
+    from harness.definitions.grid import ARMS
+    from harness.running.assets import intermediate_body
+    from harness.running.models import build_model
+
+    hp = ctx.profile.target_train
+    members, models, metas = [], [], []
+    for seed in ctx.seeds:
+        for arm in ARMS:
+            model, meta = build_model(spec, tokenizer, num_labels, hp.max_length, seed), None
+            if arm == "intermediate":
+                body, meta = intermediate_body(ctx, cell, seed)
+                model.base_model.load_state_dict(body)
+            members.append((arm, seed))
+            models.append(model)
+            metas.append(meta)
+    infos = train_together(models, spec.family, train_enc, hp, [seed for _, seed in members], ctx.device,
+                           tokenizer.pad_token_id, tokenizer.padding_side == "left")
+    return {member: (model, info, meta) for member, model, info, meta in zip(members, models, infos, metas)}

@@ -1,0 +1,103 @@
+"""harness.running.ensemble: members keep their own initialisation, data order and clipping, evaluation matches
+the per-model predict, and the same group gives the same numbers in every run and process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from harness.definitions.config import TrainConfig
+from harness.definitions.data import Encoded
+from harness.running import ensemble
+from harness.running.train import predict
+
+CFG = TrainConfig(lr=1e-3, epochs=2, batch_size=8, max_length=16)
+
+
+def data(n=44, seed=0, regression=False) -> Encoded:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 12, size=n)
+    ids = [np.concatenate([[2], rng.integers(5, 100, size=t - 2), [3]]).astype(np.int64) for t in lengths]
+    targets = rng.random(n).astype(np.float32) if regression else (lengths % 2).astype(np.int64)
+    return Encoded(ids, [np.zeros(t, dtype=np.int64) for t in lengths], targets)
+
+
+def model(family: str, seed: int, num_labels: int = 2):
+    from transformers import BertConfig, XLNetConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    if family == "bert":
+        config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=20, num_labels=num_labels)
+    else:
+        config = XLNetConfig(vocab_size=100, d_model=16, n_layer=1, n_head=2, d_inner=32, num_labels=num_labels)
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    return AutoModelForSequenceClassification.from_config(
+        config, **({"attn_implementation": "sdpa"} if family == "bert" else {}))
+
+
+def trained(family="bert", seeds=(0, 1, 2), regression=False):
+    models = [model(family, s, 1 if regression else 2) for s in seeds]
+    infos = ensemble.train_together(models, family, data(regression=regression), CFG, list(seeds), "cpu", 0,
+                                    family == "xlnet")
+    return models, infos
+
+
+def weights(models) -> list[np.ndarray]:
+    return [torch.cat([p.detach().flatten() for p in m.parameters()]).numpy() for m in models]
+
+
+@pytest.mark.parametrize("family", ["bert", "xlnet"])
+def test_the_same_group_gives_the_same_numbers(family):
+    first, infos = trained(family)
+    again, _ = trained(family)
+    assert all(np.array_equal(a, b) for a, b in zip(weights(first), weights(again)))
+    assert len({i["loss_last"] for i in infos}) == 3  # members differ: own init, data order, dropout
+    assert all(np.isfinite(i["loss_last"]) and i["steps"] == 2 * 6 for i in infos)
+
+
+def test_members_start_from_their_own_initialisation():
+    models = [model("bert", s) for s in (0, 1)]
+    before = weights(models)
+    stack = ensemble.Stacked(models, "cpu", "bert")
+    stacked = torch.cat([p[1].detach().flatten() for p in stack.params.values()]).numpy()
+    assert np.array_equal(stacked, before[1]) and not np.array_equal(before[0], before[1])
+
+
+def test_clipping_is_per_member():
+    grads = [torch.randn(3, 4, 5) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1), torch.randn(3, 7)]
+    params = [torch.zeros_like(g, requires_grad=True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    ensemble._clip(params, 1.0)
+    for m in range(3):
+        alone = [torch.zeros_like(g[m], requires_grad=True) for g in grads]
+        for p, g in zip(alone, grads):
+            p.grad = g[m].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        for p, q in zip(params, alone):
+            torch.testing.assert_close(p.grad[m], q.grad)
+
+
+@pytest.mark.parametrize("family,regression", [("bert", False), ("bert", True), ("xlnet", False)])
+def test_evaluation_together_matches_each_model_alone(family, regression):
+    models, _ = trained(family, regression=regression)
+    test = data(30, seed=1, regression=regression)
+    together = ensemble.predict_together(models, family, test, 8, "cpu", 0, family == "xlnet")
+    for m, preds in zip(models, together):
+        np.testing.assert_allclose(preds, predict(m, test, 8, "cpu", 0, family == "xlnet"), atol=1e-5)
+
+
+def test_another_process_gives_the_same_numbers():
+    code = ("import json, sys; sys.path.insert(0, 'tests'); import test_ensemble as t; "
+            "print(json.dumps([float(w.sum()) for w in t.weights(t.trained()[0])]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [float(w.sum()) for w in weights(trained()[0])]
+
+
+def test_group_seed_depends_on_the_members_seeds():
+    assert ensemble.group_seed([0, 0, 1, 1]) == ensemble.group_seed([0, 0, 1, 1]) != ensemble.group_seed([0, 1])
