@@ -30,6 +30,8 @@ from harness.definitions.grid import ARMS, GENERAL
 from harness.fileio import atomic_write_text
 from harness.output.plot import plot
 from harness.output.summary import (
+    BELOW_FLOOR_MARK,
+    BELOW_FLOOR_NOTE,
     BEST_NOTE,
     FDR,
     MISSING,
@@ -37,6 +39,7 @@ from harness.output.summary import (
     UNDER_TRAINED_NOTE,
     build,
     fdr_line,
+    floor_line,
     summarise,
 )
 
@@ -53,18 +56,24 @@ def num(x, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
+def _below(e: dict, lang: str) -> str:
+    """The below-the-floor mark of a cell entry in one language, or ''."""
+    return BELOW_FLOOR_MARK if any(b["language"] == lang for b in e.get("below_floor") or []) else ""
+
+
 def _main_entry(e: dict) -> str:
     if e["status"] != "ok":
         return MISSING
     lang, main = e["language"], e["main_metric"]
     g = e["gain"][lang]
-    mark = UNDER_TRAINED_MARK if e.get("under_trained") else ""
-    return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
-            f"{num(g['mean'], True)} ({g['verdict']}){mark}")
+    mark = (UNDER_TRAINED_MARK if e.get("under_trained") else "") + _below(e, lang)
+    frozen = e["metrics"].get("frozen", {}).get(lang, {}).get(main)
+    return (f"{'-' if frozen is None else num(frozen)} / {num(e['metrics']['direct'][lang][main])} / "
+            f"{num(e['metrics']['intermediate'][lang][main])} / {num(g['mean'], True)} ({g['verdict']}){mark}")
 
 
-def _gain_entry(g: dict | None) -> str:
-    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']})"
+def _gain_entry(g: dict | None, mark: str = "") -> str:
+    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']}){mark}"
 
 
 def _interval_entry(row: dict) -> str:
@@ -106,7 +115,8 @@ def cross_lingual_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         gains = e.get("gain") or {}
         xl = e.get("cross_lingual_mean")
         mean = MISSING if e["status"] != "ok" else "-" if xl is None else num(xl, True)
-        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x)) for x in langs] + [mean])
+        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x), _below(e, x)) for x in langs]
+                    + [mean])
     return ["model", "task", "domain"] + langs + ["cross-lingual mean"], rows
 
 
@@ -180,9 +190,12 @@ def _header(summary: dict) -> str:
 
 # ---------------------------------------------------------------- formats
 
-MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {BEST_NOTE}"
+MAIN_NOTE = (f"Target language. Entry: frozen / direct / +intermediate / gain (verdict), frozen: the pretrained model "
+             f"untrained (similarity: cosine of pooled embeddings; classification: a logistic-regression probe on "
+             f"them), '-' in records without it; {BEST_NOTE}")
 XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
-           "cross-lingual mean = mean gain over those languages.")
+           f"cross-lingual mean = mean gain over those languages; {BELOW_FLOOR_MARK}: an arm below the frozen model "
+           "in that language.")
 COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
              "where this run trained the intermediate model (otherwise it was cached). Train time covers every "
              "tuning trial; validation s: scoring the validation split after each epoch (tuning only); trials per "
@@ -203,7 +216,9 @@ def _github(headers: list[str], rows: list[list[str]]) -> str:
 
 def _main_note(summary: dict, best: str) -> str:
     flagged = any(e.get("under_trained") for e in summary["cells"])
-    return f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+    below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
+    return (f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+            + (f" {BELOW_FLOOR_NOTE}" if below else "") + f" {floor_line(summary['floor']).capitalize()}.")
 
 
 def to_markdown(summary: dict) -> str:
@@ -228,7 +243,7 @@ def _errors_md(summary: dict) -> list[str]:
 
 _TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                       "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                      "\u2020": r"\textdagger{}"})
+                      "\u2020": r"\textdagger{}", "\u2021": r"\textdaggerdbl{}"})
 
 
 def tex_escape(text) -> str:
@@ -280,7 +295,7 @@ def to_latex(summary: dict) -> str:
 
 
 CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
-              "ci_high", "verdict", "q_value", "mdc")
+              "ci_high", "verdict", "q_value", "mdc", "below_floor")
 
 
 def _csv_value(x) -> str:
@@ -288,20 +303,24 @@ def _csv_value(x) -> str:
 
 
 def tidy_rows(summary: dict) -> list[dict]:
-    """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
+    """One row per cell x arm x language x metric; arm is direct, intermediate, frozen (the floor), gain, robustness
+    or cost. `below_floor`: `yes` on an arm's rows (and the gain's) in a language where an arm is below the floor."""
     rows, sig = [], {(r["cell"], r["language"]): r for r in summary["significance"]}
     for e in summary["cells"]:
         base = {k: e[k] for k in ("cell", "model", "task", "domain")}
         if e["status"] != "ok":
             rows.append({**base, "status": MISSING})
             continue
-        for arm in ARMS:
+        below = {(b["arm"], b["language"]) for b in e.get("below_floor") or []}
+        for arm in ARMS + (("frozen",) if "frozen" in e["metrics"] else ()):
             for lang in e["languages"]:
-                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
+                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v,
+                          "below_floor": "yes" if (arm, lang) in below else None}
                          for m, v in sorted(e["metrics"][arm][lang].items())]
         rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
                   "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
-                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc")}
+                  "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc"),
+                  "below_floor": "yes" if _below(e, lang) else None}
                  for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
         rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
     by = _cells_by(summary)
@@ -339,9 +358,10 @@ def terminal_table(records: list[dict]) -> str:
     summary = summarise(records)
     headers, rows = main_rows(summary)
     flagged = any(e.get("under_trained") for e in summary["cells"])
-    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n"
-              f"entry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
-              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "")]
+    below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
+    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{floor_line(summary['floor'])}\n"
+              f"entry: frozen / direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
+              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "") + (f"\n{BELOW_FLOOR_NOTE}" if below else "")]
     cols = summary["layout"]["columns"]
     for task in dict.fromkeys(c["task"] for c in cols):
         idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]

@@ -31,6 +31,9 @@ BEST_NOTE = "best model per column (highest score of either arm)"
 UNDER_TRAINED_MARK = "\u2020"
 UNDER_TRAINED_NOTE = (f"{UNDER_TRAINED_MARK} an arm's validation score was still rising at its last epoch: it may be "
                       "under-trained, so the verdict may reflect training rather than transfer.")
+BELOW_FLOOR_MARK = "\u2021"
+BELOW_FLOOR_NOTE = (f"{BELOW_FLOOR_MARK} an arm is significantly below the frozen model (paired bootstrap): it lost "
+                    "what the pretrained model knew, so a gain there is repair, not transfer.")
 
 
 # ---------------------------------------------------------------- summary (the one source of every format)
@@ -93,7 +96,8 @@ def _cell_entry(model: str, task: str, domain: str, record: dict | None, metric_
             "seeds": len(record["seeds"]), "main_metric": record["main_metric"], "language": lang,
             "languages": list(record["languages"]), "metrics": record["metrics"], "gain": record["gain"],
             "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record),
-            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or [])}
+            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or []),
+            "below_floor": list(record.get("below_floor") or [])}
 
 
 def _mark_best(entries: list[dict], by_id: dict) -> None:
@@ -164,6 +168,22 @@ def significance(records: list[dict]) -> tuple[list[dict], dict]:
                   "survive": sum(row["q_value"] < FDR for row in verdicts)}
 
 
+def floor_count(records: list[dict]) -> dict:
+    """Arms below the frozen floor: in their cell's target language (`below`, of `arms` arms of cells with a
+    floor) and over every test language (`arm_languages`)."""
+    floored = [r for r in records if "frozen" in r["metrics"]]
+    below = {(r["cell"], b["arm"]) for r in floored for b in r.get("below_floor") or [] if b["language"] == r["language"]}
+    return {"below": len(below), "arms": len(ARMS) * len(floored),
+            "arm_languages": sum(len(r.get("below_floor") or []) for r in floored)}
+
+
+def floor_line(floor: dict) -> str:
+    if not floor["arms"]:
+        return "no record has a frozen floor"
+    return (f"{floor['below']} of {floor['arms']} arms below the frozen model in their target language "
+            f"({floor['arm_languages']} arm x language pairs below it in all)")
+
+
 def fdr_line(fdr: dict) -> str:
     if not fdr["gains"]:
         return "no gain carries a p-value: no false discovery rate"
@@ -190,7 +210,7 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
-            "significance": gains, "fdr": fdr, "baseline_moved": [list(m) for m in moved],
+            "significance": gains, "fdr": fdr, "floor": floor_count(records), "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 
 
