@@ -116,11 +116,33 @@ def test_csv_is_tidy_one_row_per_cell_arm_language_metric(summary, records):
     rows = list(csv.DictReader(io.StringIO(report.to_csv(summary))))
     keys = [(r["cell"], r["arm"], r["language"], r["metric"]) for r in rows]
     assert len(keys) == len(set(keys))
-    per_record = sum(2 * len(r["languages"]) * 2 + len(r["languages"]) + 12 for r in records)
+    arms = [len(r["metrics"]) for r in records]  # direct, intermediate and, where there is one, the frozen floor
+    per_record = sum(a * len(r["languages"]) * 2 + len(r["languages"]) + 12 for a, r in zip(arms, records))
     assert len(rows) == per_record + 1 + len(summary["robustness"])  # + the missing cell
     value = next(r for r in rows if r["cell"] == "bert-classification-general" and r["arm"] == "gain"
                  and r["language"] == "de")
     assert float(value["value"]) == pytest.approx(records[0]["gain"]["de"]["mean"], abs=1e-6)
+
+
+def test_tables_show_the_frozen_column_and_the_below_floor_mark(summary, records):
+    """Main entry frozen / direct / +intermediate / gain; the arm below the floor (bert-similarity-general, en)
+    marks its verdict in every format and the summary counts it."""
+    headers, rows = report.main_rows(summary)
+    entry = rows[0][headers.index("similarity / general")]
+    assert entry.startswith("0.527 / 0.590 / 0.486 / -0.104") and entry.endswith(report.BELOW_FLOOR_MARK)
+    assert report.BELOW_FLOOR_MARK not in rows[0][headers.index("classification / general")]
+    assert rows[1][headers.index("classification / general")].startswith("- / ")  # a record without a floor
+    line = "1 of 12 arms below the frozen model in their target language"
+    for fmt, mark in (("markdown", report.BELOW_FLOOR_MARK), ("latex", r"\textdaggerdbl{}")):
+        text = report.render(summary, fmt)
+        assert mark in text and line in text.replace("\n", " ")
+    assert line in report.terminal_table(records) and report.BELOW_FLOOR_MARK in report.terminal_table(records)
+    flagged = [r for r in csv.DictReader(io.StringIO(report.to_csv(summary))) if r["below_floor"] == "yes"]
+    assert {(r["cell"], r["arm"], r["language"]) for r in flagged} == {
+        ("bert-similarity-general", "direct", "en"), ("bert-similarity-general", "gain", "en")}
+    assert any(r["arm"] == "frozen" for r in csv.DictReader(io.StringIO(report.to_csv(summary))))
+    data = json.loads(report.to_json(summary))
+    assert data["floor"] == {"below": 1, "arms": 12, "arm_languages": 1}
 
 
 def test_json_holds_the_summary(summary):

@@ -1,5 +1,5 @@
-"""Fair arms (issue 12): search-space checks, selection on validation data only, the convergence check, the
-validation split, the main metric for imbalanced targets, uninformative verdicts."""
+"""Fair arms (issues 12, 20): search-space checks, early stopping and selection on validation data only, the
+convergence check, the validation split, the main metric for imbalanced targets, uninformative verdicts."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- search space
 
 @pytest.mark.parametrize("table, key, problem", [
-    ({"lr": [1e-4], "patience": 2}, "patience", "unknown key"),
+    ({"lr": [1e-4], "warmup": 2}, "warmup", "unknown key (valid: lr, max_epochs, patience, validation_fraction)"),
     ({"lr": []}, "lr", "non-empty list"),
-    ({"epochs": []}, "epochs", "non-empty list"),
     ({"lr": [1e-4, 0.0]}, "lr", "positive number"),
     ({"lr": [-1e-4]}, "lr", "positive number"),
     ({"lr": 1e-4}, "lr", "non-empty list"),
-    ({"epochs": [2, 2.5]}, "epochs", "positive integer"),
-    ({"epochs": [True]}, "epochs", "positive integer"),
     ({"lr": [1e-4, 1e-4]}, "lr", "repeated value"),
+    ({"max_epochs": 0}, "max_epochs", "integer of at least 1, got 0"),
+    ({"max_epochs": 2.5}, "max_epochs", "integer of at least 1"),
+    ({"max_epochs": True}, "max_epochs", "integer of at least 1"),
+    ({"patience": 0}, "patience", "integer of at least 1, got 0"),
+    ({"patience": -2}, "patience", "integer of at least 1"),
+    ({"patience": "3"}, "patience", "integer of at least 1"),
+    ({"epochs": [2, 3, 4]}, "epochs", "replaced by 'max_epochs' (the epoch limit of each run) and 'patience'"),
     ({"validation_fraction": 1.5}, "validation_fraction", "between 0 and 1"),
 ])
 def test_bad_search_space_is_a_one_line_error_naming_where_and_key(table, key, problem):
@@ -47,10 +51,10 @@ def test_bad_search_space_is_a_one_line_error_naming_where_and_key(table, key, p
 
 
 def test_search_space_keeps_the_base_for_keys_left_out():
-    base = SearchSpace(lr=(1e-4, 3e-4), epochs=(2, 3), validation_fraction=0.1)
-    space = parse_space({"epochs": [4, 2]}, "x", base)
-    assert space == SearchSpace(lr=(1e-4, 3e-4), epochs=(2, 4), validation_fraction=0.1)
-    assert (space.trials, space.max_epochs) == (4, 4)
+    base = SearchSpace(lr=(1e-4, 3e-4), max_epochs=5, patience=2, validation_fraction=0.1)
+    space = parse_space({"lr": [3e-4, 1e-5], "patience": 3}, "x", base)
+    assert space == SearchSpace(lr=(1e-5, 3e-4), max_epochs=5, patience=3, validation_fraction=0.1)
+    assert space.trials == 2 and parse_space({}, "x", base) == base
 
 
 def test_spec_tuning_table_replaces_the_profile_space_and_bad_one_fails_at_load(tiny_profile, tmp_path):
@@ -67,13 +71,13 @@ def test_spec_tuning_table_replaces_the_profile_space_and_bad_one_fails_at_load(
 
 def test_plugin_reports_a_bad_search_space_at_collection(tmp_path):
     spec = tmp_path / "s.toml"
-    spec.write_text("[tuning]\nepochs = []\n", encoding="utf-8")
+    spec.write_text("[tuning]\npatience = 0\n", encoding="utf-8")
     run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "--collect-only", "-q", "--tune",
                           "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
                           "--results-dir", str(tmp_path / "results")],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 4, run.stdout + run.stderr
-    assert f"ERROR: {spec} key 'tuning.epochs': must be a non-empty list, got []" in run.stderr
+    assert f"ERROR: {spec} key 'tuning.patience': must be an integer of at least 1, got 0" in run.stderr
     assert "Traceback" not in run.stderr
 
 
@@ -84,33 +88,133 @@ def test_profile_spaces_pass_their_own_checks_and_tuning_is_off_only_in_tiny(tin
     for space in (tiny_profile.tuning, paper_profile.tuning):
         assert parse_space(space.describe(), "profile") == space
     assert (tiny_profile.tune, paper_profile.tune) == (False, True)
-    assert paper_profile.tuning.lr == (2e-5, 5e-5) and paper_profile.tuning.epochs == (2, 3, 4)
+    assert paper_profile.tuning.lr == (2e-5, 5e-5) and paper_profile.tuning.max_epochs > 4
 
 
 # ---------------------------------------------------------------- selection and convergence
 
-def test_search_keeps_the_best_trial_first_on_ties_and_copies_its_weights():
+def _scripted(space: SearchSpace, curves: dict) -> tuple[Search, dict]:
+    """Drive a Search as train() would: per learning rate, epochs until observe() says stop. The model's weight
+    holds lr * 10 + epoch, so the kept state says which epoch it came from. Returns the search and the epochs
+    each run trained."""
     model = torch.nn.Linear(2, 1)
-    search = Search(SearchSpace(lr=(1e-4, 1e-3), epochs=(2, 3)), score=lambda p: float(p.mean()))
-    for lr, scores in ((1e-4, [0.1, 0.5, 0.4]), (1e-3, [0.2, 0.5, 0.3])):
-        for epoch, value in enumerate(scores, 1):
+    search, ran = Search(space, score=lambda p: float(p.mean())), {}
+    for lr, scores in curves.items():
+        for epoch in range(1, space.max_epochs + 1):
             with torch.no_grad():
                 model.weight.fill_(lr * 10 + epoch)
-            search.observe(lr, epoch, np.array([value]), model)
-    assert search.best == {"lr": 1e-4, "epochs": 2, "validation": 0.5}  # epoch 1 is no trial; 1e-3 only ties
-    assert len(search.trials) == 4 and search.curves[1e-3] == [0.2, 0.5, 0.3]
-    assert torch.all(search.state["weight"] == 1e-3 + 2)
+            ran[lr] = epoch
+            if search.observe(lr, epoch, np.array([scores[epoch - 1]]), model):
+                break
+    return search, ran
+
+
+def test_patience_stops_a_run_at_the_right_epoch_and_the_best_epoch_weights_are_kept():
+    space = SearchSpace(lr=(1e-4, 1e-3), max_epochs=8, patience=2)
+    search, ran = _scripted(space, {1e-4: [0.1, 0.3, 0.6, 0.5, 0.55, 0.9, 0.9, 0.9],   # best 3, stops at 5
+                                    1e-3: [0.2, 0.4, 0.45, 0.5, 0.58, 0.59, 0.595, 0.7]})  # never 2 flat: to 8
+    assert ran == {1e-4: 5, 1e-3: 8}
+    assert search.runs[1e-4] == {"lr": 1e-4, "curve": [0.1, 0.3, 0.6, 0.5, 0.55], "best_epoch": 3,
+                                 "stopped": "patience"}
+    assert search.runs[1e-3]["stopped"] == "max_epochs" and search.runs[1e-3]["best_epoch"] == 8
+    assert search.best == {"lr": 1e-3, "epoch": 8, "validation": 0.7}
+    assert torch.all(search.state["weight"] == 1e-3 * 10 + 8)
+    # a best epoch that is not the last one: the kept weights are that epoch's, not the run's final ones
+    search, ran = _scripted(SearchSpace(lr=(1e-4,), max_epochs=6, patience=3), {1e-4: [0.2, 0.7, 0.6, 0.65, 0.69]})
+    assert ran == {1e-4: 5} and search.best == {"lr": 1e-4, "epoch": 2, "validation": 0.7}
+    assert torch.all(search.state["weight"] == 1e-4 * 10 + 2)
     result = search.result(seed=7)
-    assert result["seed"] == 7 and result["curve"] == [0.1, 0.5, 0.4]
+    assert result == {"seed": 7, "choice": {"lr": 1e-4, "epoch": 2, "validation": 0.7},
+                      "runs": [{"lr": 1e-4, "curve": [0.2, 0.7, 0.6, 0.65, 0.69], "best_epoch": 2,
+                                "stopped": "patience"}],
+                      "curve": [0.2, 0.7, 0.6, 0.65, 0.69], "stopped": "patience"}
 
 
-def test_convergence_flags_a_curve_still_rising_at_its_last_epoch():
-    rising = convergence([{"curve": [0.2, 0.3, 0.5]}, {"curve": [0.2, 0.4, 0.4]}])
-    assert rising["under_trained"] and rising["note"] == "may be under-trained"
-    assert rising["last_epoch_rise"] == pytest.approx(0.1)
-    flat = convergence([{"curve": [0.2, 0.5, 0.5 + RISING / 2]}])
-    assert not flat["under_trained"] and flat["note"] is None
-    assert convergence([{"curve": [0.3]}])["under_trained"] is False
+def test_ties_keep_the_first_and_do_not_count_as_improvement():
+    search, ran = _scripted(SearchSpace(lr=(1e-4, 1e-3), max_epochs=5, patience=1),
+                            {1e-4: [0.5, 0.5, 0.9], 1e-3: [0.3, 0.5, 0.4]})
+    assert ran == {1e-4: 2, 1e-3: 3}  # a tie is no improvement: patience 1 stops at epoch 2
+    assert search.best == {"lr": 1e-4, "epoch": 1, "validation": 0.5}
+    assert torch.all(search.state["weight"] == 1e-4 * 10 + 1)
+
+
+def test_patience_wins_over_max_epochs_when_both_end_a_run_at_the_same_epoch():
+    search, _ = _scripted(SearchSpace(lr=(1e-4,), max_epochs=4, patience=2), {1e-4: [0.1, 0.5, 0.4, 0.45]})
+    assert search.runs[1e-4]["stopped"] == "patience"
+
+
+def _result(seed, curve, stopped):
+    return {"seed": seed, "curve": curve, "stopped": stopped}
+
+
+def test_under_trained_only_when_stopped_by_max_epochs_while_still_rising():
+    rising = convergence([_result(0, [0.47, 0.47, 0.68], "max_epochs"), _result(1, [0.2, 0.5, 0.4], "patience")])
+    assert rising["under_trained"] and rising["note"] == "may be under-trained" and rising["rising_seeds"] == [0]
+    assert rising["stopped"] == ["max_epochs", "patience"]
+    assert rising["last_epoch_rise"] == pytest.approx([0.21, -0.1])
+    # the same rising curve stopped by patience (impossible in practice, but the flag reads the stop reason)
+    assert not convergence([_result(0, [0.47, 0.47, 0.68], "patience")])["under_trained"]
+    # at the limit, but the last epoch is not above the best before it by more than RISING: converged
+    flat = convergence([_result(0, [0.2, 0.6, 0.5, 0.6 + RISING / 2], "max_epochs")])
+    assert not flat["under_trained"] and flat["note"] is None and flat["rising_seeds"] == []
+    assert convergence([_result(0, [0.2, 0.6, 0.5, 0.6 + 2 * RISING], "max_epochs")])["under_trained"]
+    assert convergence([_result(3, [0.3], "max_epochs")])["under_trained"] is False  # one epoch: nothing to read
+
+
+def test_train_stops_after_the_epoch_whose_hook_says_so(tiny_profile, tiny_tokenizers):
+    from harness.running.models import build_model
+    from harness.running.train import train
+
+    spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
+    split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
+                         limit=32)
+    labels = task_type("classification").label_set(split.labels)
+    enc = D.encode(tok, split, 32, labels)
+    cfg = dataclasses.replace(tiny_profile.target_train, epochs=5, max_length=32)
+    seen = []
+    model = build_model(spec, tok, len(labels), 32, seed=1)
+    info = train(model, enc, cfg, 1, "cpu", tok.pad_token_id, False, on_epoch=lambda e: seen.append(e) or e == 2)
+    assert seen == [1, 2] and info["examples"] == 2 * len(enc)
+    assert info["steps"] == 5 * -(-len(enc) // cfg.batch_size)  # the schedule stays planned for all 5 epochs
+
+
+def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, tiny_tokenizers):
+    """The selected model holds the weights of its best epoch bit for bit (the same run replayed and stopped
+    there), not those of the epoch its run stopped at."""
+    from types import SimpleNamespace
+
+    from harness.running.cell import _select
+    from harness.running.models import build_model
+    from harness.running.train import train
+
+    spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
+    split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
+                         limit=96)
+    labels = task_type("classification").label_set(split.labels)
+    enc = D.encode(tok, split, 32, labels)
+    def rows(part):
+        return D.Encoded(enc.input_ids[part], enc.token_type_ids and enc.token_type_ids[part], enc.targets[part])
+
+    train_enc, val_enc = rows(slice(0, 64)), rows(slice(64, 96))
+    hp = dataclasses.replace(tiny_profile.target_train, max_length=32)
+    ctx = SimpleNamespace(profile=SimpleNamespace(target_train=hp), device="cpu", compile=False)
+    space = SearchSpace(lr=(3e-3,), max_epochs=6, patience=1)
+    model, result, info = _select(ctx, lambda: build_model(spec, tok, len(labels), 32, seed=2), train_enc, val_enc,
+                                  space, "accuracy", 2, tok.pad_token_id, False, "t")
+    run = result["runs"][0]
+    assert run["stopped"] == "patience" and len(run["curve"]) == run["best_epoch"] + 1  # trained one epoch past
+    assert result["choice"]["epoch"] == run["best_epoch"]
+    assert info["examples"] == len(run["curve"]) * len(train_enc)
+
+    def replay(epochs):
+        again = build_model(spec, tok, len(labels), 32, seed=2)
+        train(again, train_enc, dataclasses.replace(hp, lr=3e-3, epochs=6), 2, "cpu", tok.pad_token_id, False,
+              on_epoch=lambda e: e == epochs)
+        return again.state_dict()
+
+    kept, best, last = model.state_dict(), replay(run["best_epoch"]), replay(len(run["curve"]))
+    assert all(torch.equal(kept[k], best[k]) for k in kept)
+    assert not all(torch.equal(kept[k], last[k]) for k in kept)
 
 
 def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokenizers):
@@ -207,14 +311,23 @@ def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
     assert first["metrics"]["direct"]["en"] != second["metrics"]["direct"]["en"]  # the test labels did change
 
     tuning = first["tuning"]
-    assert tuning["space"] == {"lr": [1e-3, 3e-3], "epochs": [1, 2], "validation_fraction": 0.15}
-    assert tuning["trials_per_arm"] == 4 and tuning["metric"] == first["main_metric"] == "accuracy"
+    assert tuning["space"] == {"lr": [1e-3, 3e-3], "max_epochs": 2, "patience": 1, "validation_fraction": 0.15}
+    assert tuning["trials_per_arm"] == 2 and tuning["metric"] == first["main_metric"] == "accuracy"
+    epochs_run = {}
     for arm in ("direct", "intermediate"):
         assert [r["seed"] for r in tuning["arms"][arm]] == [0, 1]
         for result in tuning["arms"][arm]:
-            assert len(result["trials"]) == 4 and len(result["curve"]) == 2
-            assert result["choice"] == max(result["trials"], key=lambda t: t["validation"])
-        assert set(tuning["convergence"][arm]) == {"curve", "last_epoch_rise", "under_trained", "note"}
+            assert [run["lr"] for run in result["runs"]] == [1e-3, 3e-3]
+            for run in result["runs"]:
+                assert 1 <= len(run["curve"]) <= 2 and run["stopped"] in ("patience", "max_epochs")
+                assert run["curve"][run["best_epoch"] - 1] == max(run["curve"])
+            chosen = next(run for run in result["runs"] if run["lr"] == result["choice"]["lr"])
+            assert result["choice"]["validation"] == max(max(run["curve"]) for run in result["runs"])
+            assert (result["curve"], result["stopped"]) == (chosen["curve"], chosen["stopped"])
+            assert chosen["curve"][result["choice"]["epoch"] - 1] == result["choice"]["validation"]
+        assert set(tuning["convergence"][arm]) == {"stopped", "last_epoch_rise", "rising_seeds", "under_trained",
+                                                   "note"}
+        epochs_run[arm] = sum(len(run["curve"]) for result in tuning["arms"][arm] for run in result["runs"])
     assert first["under_trained"] == [a for a in ("direct", "intermediate")
                                       if tuning["convergence"][a]["under_trained"]]
     target = first["data"]["target"]
@@ -222,7 +335,7 @@ def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
     budget = first["budget"]
     assert budget["intermediate"]["total_steps"] == budget["intermediate"]["intermediate_steps"] + \
         budget["intermediate"]["target_steps"]
-    assert budget["trained_steps"]["direct"] == 2 * 2 * 2 * 6  # seeds x learning rates x epochs x steps/epoch
+    assert budget["trained_steps"] == {arm: epochs_run[arm] * 6 for arm in epochs_run}  # epochs run x steps/epoch
     assert first["timings"]["validation_s"] > 0
 
 

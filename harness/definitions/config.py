@@ -25,15 +25,25 @@ class TrainConfig:
     grad_clip: float = 1.0
 
 
+POOLINGS = ("cls", "mean")  # harness/running/pooling.py: how token states become one embedding per text
+SIMILARITY_HEADS = ("cross", "bi")  # pair input -> regression head | cosine of the two texts' pooled embeddings
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id."""
+    """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id.
+
+    `pooling` (None: what the checkpoint declares, harness.running.pooling) and `similarity_head` (None: the
+    profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them
+    where they differ from the seed recipe ([CLS] and a cross-encoder)."""
     name: str
     family: str
     source: str = "tiny"
     revision: str | None = None
     size: dict = field(default_factory=dict)  # tiny configs: hidden, layers, heads, ffn, vocab
     skip_reason: str | None = None  # a row the profile cannot run (e.g. no offline weights)
+    pooling: str | None = None  # one of POOLINGS
+    similarity_head: str | None = None  # one of SIMILARITY_HEADS
 
     @property
     def describe(self) -> str:
@@ -82,6 +92,9 @@ class DatasetConfig:
     # repr, which cache and config keys hash: runner.config_key adds a non-default main metric itself.
     main_metric: str | None = field(default=None, repr=False)
     source: str = "profile"  # where it was declared, for error messages
+    # a target's similarity head (one of SIMILARITY_HEADS), over its model row's and the profile's; None: theirs.
+    # Left out of repr like main_metric (runner.config_key adds the head in use).
+    similarity_head: str | None = field(default=None, repr=False)
 
     def replace(self, **changes) -> "DatasetConfig":
         return dataclasses.replace(self, **changes)
@@ -103,6 +116,8 @@ class Profile:
     model_sets: dict = field(default_factory=dict)  # name -> {model row: ModelConfig} (--model-set)
     tune: bool = False  # per-arm selection on validation data by default (pytest --tune / --no-tune)
     tuning: SearchSpace = SearchSpace()  # its search space (a [tuning] table overrides it)
+    pooling: str | None = None  # every row's pooling unless the row sets its own (None: the checkpoint's)
+    similarity_head: str = "cross"  # every row's similarity head unless the row or target sets its own
 
     @property
     def domains(self) -> tuple:

@@ -259,20 +259,34 @@ def _head(texts: list, max_length: int) -> list:
     return [t if len(t) <= limit else t[:limit] for t in texts]
 
 
-def encode(tokenizer, split: Split, max_length: int, labels: list | None) -> Encoded:
+def encode(tokenizer, split: Split, max_length: int, labels: list | None, separate: bool = False) -> Encoded:
     """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py. Targets are class ids in
-    the order of `labels`, or the float scores of a regression task (`labels` None)."""
+    the order of `labels`, or the float scores of a regression task (`labels` None).
+
+    `separate` (pairs, for a bi-encoder): each text tokenised on its own (up to `max_length` tokens, with its
+    own special tokens) and the two packed in one row, token type 0 for the first text and 1 for the second
+    (harness.running.models.unpack_pairs splits them again)."""
+    if separate:
+        a, b = (tokenizer(_head(texts, max_length), truncation=True, max_length=max_length,
+                          return_attention_mask=False)["input_ids"] for texts in (split.texts, split.texts_b))
+        ids = [np.asarray(x + y, dtype=np.int64) for x, y in zip(a, b)]
+        types = [np.repeat(np.array([0, 1], dtype=np.int64), [len(x), len(y)]) for x, y in zip(a, b)]
+        return Encoded(ids, types, _targets(split, labels))
     args = [_head(split.texts, max_length)] + ([_head(split.texts_b, max_length)] if split.texts_b is not None else [])
     enc = tokenizer(*args, truncation=True, max_length=max_length, return_token_type_ids=True,
                     return_attention_mask=False)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
     types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    return Encoded(ids, types, _targets(split, labels))
+
+
+def _targets(split: Split, labels: list | None) -> np.ndarray:
     if labels is None:
         targets = np.asarray(split.labels, dtype=np.float32)
     else:
         index = {label: i for i, label in enumerate(labels)}
         targets = np.asarray([index[label] for label in split.labels], dtype=np.int64)
-    return Encoded(ids, types, targets)
+    return targets
 
 
 VALIDATION_NAMES = ("validation", "dev")

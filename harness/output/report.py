@@ -1,8 +1,9 @@
 """Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
 
 Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
-- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
-  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- main table: rows model, columns task x domain, entry `frozen / direct / +intermediate / gain (verdict)` in the
+  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.frozen); the best
+  model per column (highest score of either arm) marked;
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
   that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
@@ -14,7 +15,9 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   survive a 5% false discovery rate;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
-An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
+with an arm significantly below the frozen floor (record `below_floor`) BELOW_FLOOR_MARK, and the summary counts
+those arms ("N of M arms below the frozen model").
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ from harness.definitions.grid import ARMS, GENERAL
 from harness.fileio import atomic_write_text
 from harness.output.plot import plot
 from harness.output.summary import (
+    BELOW_FLOOR_MARK,
+    BELOW_FLOOR_NOTE,
     BEST_NOTE,
     FDR,
     FDR_MARK,
@@ -40,6 +45,7 @@ from harness.output.summary import (
     build,
     fdr_line,
     moderation_lines,
+    floor_line,
     summarise,
 )
 
@@ -61,18 +67,25 @@ def fdr_mark(g: dict) -> str:
     return FDR_MARK if g.get("fdr") else ""
 
 
+def _below(e: dict, lang: str) -> str:
+    """The below-the-floor mark of a cell entry in one language, or ''."""
+    return BELOW_FLOOR_MARK if any(b["language"] == lang for b in e.get("below_floor") or []) else ""
+
+
 def _main_entry(e: dict) -> str:
     if e["status"] != "ok":
         return MISSING
     lang, main = e["language"], e["main_metric"]
     g = e["gain"][lang]
-    mark = UNDER_TRAINED_MARK if e.get("under_trained") else ""
-    return (f"{num(e['metrics']['direct'][lang][main])} / {num(e['metrics']['intermediate'][lang][main])} / "
-            f"{num(g['mean'], True)} ({g['verdict']}{fdr_mark(g)}){mark}")
+    mark = (UNDER_TRAINED_MARK if e.get("under_trained") else "") + _below(e, lang)
+    frozen = e["metrics"].get("frozen", {}).get(lang, {}).get(main)
+    return (f"{'-' if frozen is None else num(frozen)} / {num(e['metrics']['direct'][lang][main])} / "
+            f"{num(e['metrics']['intermediate'][lang][main])} / {num(g['mean'], True)} "
+            f"({g['verdict']}{fdr_mark(g)}){mark}")
 
 
-def _gain_entry(g: dict | None) -> str:
-    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']}{fdr_mark(g)})"
+def _gain_entry(g: dict | None, mark: str = "") -> str:
+    return MISSING if g is None else f"{num(g['mean'], True)} ({g['verdict']}{fdr_mark(g)}){mark}"
 
 
 def _interval_entry(row: dict) -> str:
@@ -114,7 +127,8 @@ def cross_lingual_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         gains = e.get("gain") or {}
         xl = e.get("cross_lingual_mean")
         mean = MISSING if e["status"] != "ok" else "-" if xl is None else num(xl, True)
-        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x)) for x in langs] + [mean])
+        rows.append([e["model"], e["task"], e["domain"]] + [_gain_entry(gains.get(x), _below(e, x)) for x in langs]
+                    + [mean])
     return ["model", "task", "domain"] + langs + ["cross-lingual mean"], rows
 
 
@@ -205,9 +219,12 @@ def _header(summary: dict) -> str:
 
 # ---------------------------------------------------------------- formats
 
-MAIN_NOTE = f"Target language. Entry: direct / +intermediate / gain (verdict); {FDR_NOTE}; {BEST_NOTE}"
+MAIN_NOTE = (f"Target language. Entry: frozen / direct / +intermediate / gain (verdict), frozen: the pretrained model "
+             f"untrained (similarity: cosine of pooled embeddings; classification: a logistic-regression probe on "
+             f"them), '-' in records without it; {FDR_NOTE}; {BEST_NOTE}")
 XL_NOTE = ("Gain (verdict) per test language, zero-shot in languages other than the cell's target language; "
-           f"cross-lingual mean = mean gain over those languages. {FDR_NOTE}.")
+           f"cross-lingual mean = mean gain over those languages; {BELOW_FLOOR_MARK}: an arm below the frozen model "
+           f"in that language. {FDR_NOTE}.")
 COST_NOTE = ("Seconds per phase and training / evaluation examples per second; intermediate time counts only "
              "where this run trained the intermediate model (otherwise it was cached). Train time covers every "
              "tuning trial; validation s: scoring the validation split after each epoch (tuning only); trials per "
@@ -228,7 +245,9 @@ def _github(headers: list[str], rows: list[list[str]]) -> str:
 
 def _main_note(summary: dict, best: str) -> str:
     flagged = any(e.get("under_trained") for e in summary["cells"])
-    return f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+    below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
+    return (f"{MAIN_NOTE} {best}." + (f" {UNDER_TRAINED_NOTE}" if flagged else "")
+            + (f" {BELOW_FLOOR_NOTE}" if below else "") + f" {floor_line(summary['floor']).capitalize()}.")
 
 
 def to_markdown(summary: dict) -> str:
@@ -253,7 +272,7 @@ def _errors_md(summary: dict) -> list[str]:
 
 _TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                       "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                      "\u2020": r"\textdagger{}", "\u2021": r"\textdaggerdbl{}"})
+                      "\u2020": r"\textdagger{}", "\u2021": r"\textdaggerdbl{}", "\u00a7": r"\S{}"})
 
 
 def tex_escape(text) -> str:
@@ -305,7 +324,7 @@ def to_latex(summary: dict) -> str:
 
 
 CSV_FIELDS = ("cell", "model", "task", "domain", "status", "arm", "language", "metric", "value", "ci_low",
-              "ci_high", "verdict", "q_value", "mdc", "rule", "p_value", "fdr")
+              "ci_high", "verdict", "q_value", "mdc", "rule", "p_value", "fdr", "below_floor")
 
 
 def _csv_value(x) -> str:
@@ -313,21 +332,25 @@ def _csv_value(x) -> str:
 
 
 def tidy_rows(summary: dict) -> list[dict]:
-    """One row per cell x arm x language x metric; arm is direct, intermediate, gain, robustness or cost."""
+    """One row per cell x arm x language x metric; arm is direct, intermediate, frozen (the floor), gain, robustness
+    or cost. `below_floor`: `yes` on an arm's rows (and the gain's) in a language where an arm is below the floor."""
     rows, sig = [], {(r["cell"], r["language"]): r for r in summary["significance"]}
     for e in summary["cells"]:
         base = {k: e[k] for k in ("cell", "model", "task", "domain")}
         if e["status"] != "ok":
             rows.append({**base, "status": MISSING})
             continue
-        for arm in ARMS:
+        below = {(b["arm"], b["language"]) for b in e.get("below_floor") or []}
+        for arm in ARMS + (("frozen",) if "frozen" in e["metrics"] else ()):
             for lang in e["languages"]:
-                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v}
+                rows += [{**base, "status": "ok", "arm": arm, "language": lang, "metric": m, "value": v,
+                          "below_floor": "yes" if (arm, lang) in below else None}
                          for m, v in sorted(e["metrics"][arm][lang].items())]
         rows += [{**base, "status": "ok", "arm": "gain", "language": lang, "metric": e["main_metric"],
                   "value": g["mean"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "verdict": g["verdict"],
                   "q_value": sig[(e["cell"], lang)]["q_value"], "mdc": g.get("mdc"), "rule": g.get("rule"),
-                  "p_value": g.get("p_value"), "fdr": sig[(e["cell"], lang)]["fdr"]}
+                  "p_value": g.get("p_value"), "fdr": sig[(e["cell"], lang)]["fdr"],
+                  "below_floor": "yes" if _below(e, lang) else None}
                  for lang, g in ((x, e["gain"][x]) for x in e["languages"])]
         rows += [{**base, "status": "ok", "arm": "cost", "metric": k, "value": v} for k, v in e["cost"].items()]
     by = _cells_by(summary)
@@ -365,9 +388,10 @@ def terminal_table(records: list[dict]) -> str:
     summary = summarise(records)
     headers, rows = main_rows(summary)
     flagged = any(e.get("under_trained") for e in summary["cells"])
-    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n"
-              f"entry: direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
-              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "")]
+    below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
+    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{floor_line(summary['floor'])}\n"
+              f"entry: frozen / direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
+              + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "") + (f"\n{BELOW_FLOOR_NOTE}" if below else "")]
     cols = summary["layout"]["columns"]
     for task in dict.fromkeys(c["task"] for c in cols):
         idx = [i + 1 for i, c in enumerate(cols) if c["task"] == task]

@@ -1,8 +1,9 @@
 """Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
 
 Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
-- main table: rows model, columns task x domain, entry `direct / +intermediate / gain (verdict)` in the cell's
-  own (target) language and main metric; the best model per column (highest score of either arm) marked;
+- main table: rows model, columns task x domain, entry `frozen / direct / +intermediate / gain (verdict)` in the
+  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.frozen); the best
+  model per column (highest score of either arm) marked;
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
   that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
@@ -16,7 +17,9 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   verdicts of every table;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
-An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK.
+An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
+with an arm significantly below the frozen floor (record `below_floor`) BELOW_FLOOR_MARK, and the summary counts
+those arms ("N of M arms below the frozen model").
 A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
 """
 from __future__ import annotations
@@ -33,6 +36,9 @@ BEST_NOTE = "best model per column (highest score of either arm)"
 UNDER_TRAINED_MARK = "\u2020"
 UNDER_TRAINED_NOTE = (f"{UNDER_TRAINED_MARK} an arm's validation score was still rising at its last epoch: it may be "
                       "under-trained, so the verdict may reflect training rather than transfer.")
+BELOW_FLOOR_MARK = "\u00a7"
+BELOW_FLOOR_NOTE = (f"{BELOW_FLOOR_MARK} an arm is significantly below the frozen model (paired bootstrap): it lost "
+                    "what the pretrained model knew, so a gain there is repair, not transfer.")
 
 
 # ---------------------------------------------------------------- summary (the one source of every format)
@@ -95,7 +101,8 @@ def _cell_entry(model: str, task: str, domain: str, record: dict | None, metric_
             "seeds": len(record["seeds"]), "main_metric": record["main_metric"], "language": lang,
             "languages": list(record["languages"]), "metrics": record["metrics"], "gain": record["gain"],
             "cross_lingual_mean": sum(xl) / len(xl) if xl else None, "best": False, "cost": _cost(record),
-            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or [])}
+            "tuned": bool(record.get("tuning")), "under_trained": list(record.get("under_trained") or []),
+            "below_floor": list(record.get("below_floor") or [])}
 
 
 def _mark_best(entries: list[dict], by_id: dict) -> None:
@@ -199,6 +206,22 @@ def significance(records: list[dict], moderated: dict | None = None, margin: flo
                   "survive": sum(row["fdr"] for row in verdicts), "margin": margin}
 
 
+def floor_count(records: list[dict]) -> dict:
+    """Arms below the frozen floor: in their cell's target language (`below`, of `arms` arms of cells with a
+    floor) and over every test language (`arm_languages`)."""
+    floored = [r for r in records if "frozen" in r["metrics"]]
+    below = {(r["cell"], b["arm"]) for r in floored for b in r.get("below_floor") or [] if b["language"] == r["language"]}
+    return {"below": len(below), "arms": len(ARMS) * len(floored),
+            "arm_languages": sum(len(r.get("below_floor") or []) for r in floored)}
+
+
+def floor_line(floor: dict) -> str:
+    if not floor["arms"]:
+        return "no record has a frozen floor"
+    return (f"{floor['below']} of {floor['arms']} arms below the frozen model in their target language "
+            f"({floor['arm_languages']} arm x language pairs below it in all)")
+
+
 def fdr_line(fdr: dict) -> str:
     if not fdr["gains"]:
         return "no gain carries a p-value: no false discovery rate"
@@ -241,8 +264,9 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
             "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
-            "significance": gains, "fdr": fdr,
-            "moderation": {"priors": moderation["priors"], "notes": moderation["notes"]}, "baseline_moved": [list(m) for m in moved],
+            "significance": gains, "fdr": fdr, "floor": floor_count(records),
+            "moderation": {"priors": moderation["priors"], "notes": moderation["notes"]},
+            "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 
 

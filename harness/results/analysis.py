@@ -17,7 +17,7 @@ import numpy as np
 from harness.definitions.grid import ARMS, GENERAL, parse_cell_id
 from harness.definitions.metrics import single_class
 from harness.results.baselines import detectable
-from harness.results.record import UNINFORMATIVE, CellRecord, Interval, RecordError, load_predictions
+from harness.results.record import FROZEN, UNINFORMATIVE, CellRecord, Interval, RecordError, load_predictions
 
 UNINFORMATIVE_NOTE = ("both arms predict one and the same class for every test example in every seed: the gain "
                       "says nothing about transfer")
@@ -32,18 +32,40 @@ def cell_statistics(record: dict, arrays: dict) -> dict:
     cell, main, languages = record["cell"], record["main_metric"], record["languages"]
     classes = record["data"]["target"].get("labels") is not None
     metrics_se, gains = {arm: {} for arm in ARMS}, {}
+    floored = all(f"{FROZEN}/{lang}" in arrays for lang in languages)
+    below = [] if floored else None
     for lang in languages:
         y_true = arrays[f"y_true/{lang}"]
         for arm in ARMS:
             metrics_se[arm][lang] = {main: stats.metric_se(y_true, np.asarray(arrays[f"{arm}/{lang}"]), main,
                                                            stats.stream_seed(cell, lang, arm))}
+        if floored:
+            metrics_se.setdefault(FROZEN, {})[lang] = {main: stats.metric_se(
+                y_true, np.asarray(arrays[f"{FROZEN}/{lang}"]), main, stats.stream_seed(cell, lang, FROZEN))}
+            below += below_floor(cell, lang, main, y_true, arrays)
         direct, inter = list(arrays[f"direct/{lang}"]), list(arrays[f"intermediate/{lang}"])
         gain = stats.gain(stats.arms(y_true, direct, inter), main, stats.stream_seed(cell, lang))
         gain["mdc"] = detectable(gain, len(languages))
         if classes and single_class(direct + inter):
             gain.update(verdict=UNINFORMATIVE, note=UNINFORMATIVE_NOTE)
         gains[lang] = gain
-    return {**record, "metrics_se": metrics_se, "gain": gains}
+    return {**record, "metrics_se": metrics_se, "gain": gains, **({"below_floor": below} if floored else {})}
+
+
+def below_floor(cell: str, lang: str, main: str, y_true, arrays: dict) -> list[dict]:
+    """The arms whose main metric is significantly below the frozen floor's on this test set: arm - floor with
+    the paired bootstrap of a gain (the floor as the `direct` side, repeated for every seed: the same resampled
+    examples score both), listed when its interval lies below zero."""
+    from harness.results import stats
+
+    out = []
+    for arm in ARMS:
+        runs = np.atleast_2d(np.asarray(arrays[f"{arm}/{lang}"]))
+        floor = np.repeat(np.atleast_2d(np.asarray(arrays[f"{FROZEN}/{lang}"])), len(runs), axis=0)
+        diff = stats.gain(stats.arms(y_true, floor, runs), main, stats.stream_seed(cell, lang, arm, FROZEN))
+        if diff["verdict"] == "negative":
+            out.append({"arm": arm, "language": lang, **{k: diff[k] for k in ("mean", "ci_low", "ci_high")}})
+    return out
 
 
 

@@ -24,6 +24,7 @@ from harness.fileio import atomic_write, atomic_write_text
 SCHEMA_VERSION = 1
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
 UNINFORMATIVE = "uninformative"  # both arms predict one and the same class: the gain says nothing about transfer
+FROZEN = "frozen"  # the frozen floor (harness.running.frozen): beside the ARMS under metrics / metrics_se, no seeds
 VERDICTS = ("positive", "negative", "neutral", UNINFORMATIVE)
 
 
@@ -69,6 +70,10 @@ class CellRecord(TypedDict):
     budget: NotRequired[dict[str, Any]]  # optimizer steps behind each arm's evaluated model (harness.running.cell._budget)
     tuning: NotRequired[dict[str, Any]]  # per-arm selection: space, every trial's validation score, the choices
     under_trained: NotRequired[list[str]]  # arms the convergence check flagged (harness.running.tuning)
+    frozen: NotRequired[dict[str, Any]]  # how the frozen floor was computed: pooling, features, probe C, seconds
+    # arms whose main metric is significantly below the frozen floor's: {arm, language, mean, ci_low, ci_high}
+    # (arm - floor and its paired-bootstrap interval; harness.results.analysis.below_floor)
+    below_floor: NotRequired[list[dict[str, Any]]]
 
 
 class RecordError(Exception):
@@ -155,7 +160,7 @@ def _languages(value, record: dict) -> None:
 
 def _metrics(value, record: dict) -> None:
     _mapping(value, "metrics")
-    for arm in ARMS:
+    for arm in ARMS + ((FROZEN,) if FROZEN in value else ()):
         by_lang = _mapping(_entry(value, arm, "metrics"), f"metrics.{arm}")
         for lang in record["languages"]:
             where = f"metrics.{arm}.{lang}"
@@ -169,6 +174,30 @@ def _gain(value, record: dict) -> None:
     _mapping(value, "gain")
     for lang in record["languages"]:
         check_interval(_entry(value, lang, "gain"), f"gain.{lang}")
+
+
+def _metrics_se(value, record: dict) -> None:
+    for arm, by_lang in _mapping(value, "metrics_se").items():
+        for lang, scores in _mapping(by_lang, f"metrics_se.{arm}").items():
+            for name, x in _mapping(scores, f"metrics_se.{arm}.{lang}").items():
+                _number(x, f"metrics_se.{arm}.{lang}.{name}")
+    if FROZEN in value:
+        for lang in record["languages"]:
+            _entry(_mapping(value[FROZEN], f"metrics_se.{FROZEN}"), lang, f"metrics_se.{FROZEN}")
+
+
+def _below_floor(value, record: dict) -> None:
+    if FROZEN not in record.get("metrics", {}):
+        raise _Invalid("below_floor", f"without a frozen floor (metrics.{FROZEN})")
+    for i, item in enumerate(_listing(value, "below_floor")):
+        where = f"below_floor[{i}]"
+        _mapping(item, where)
+        if _entry(item, "arm", where) not in ARMS:
+            raise _Invalid(f"{where}.arm", f"expected one of {', '.join(ARMS)}, got {item['arm']!r}")
+        if _entry(item, "language", where) not in record["languages"]:
+            raise _Invalid(f"{where}.language", f"{item['language']!r} is not a test language of the cell")
+        for name in ("mean", "ci_low", "ci_high"):
+            _number(_entry(item, name, where), f"{where}.{name}")
 
 
 def _numbers(field: str):
@@ -212,9 +241,10 @@ CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "data": _of(_mapping, "data"), "hyperparameters": _of(_mapping, "hyperparameters"),
     "config_key": _of(_text, "config_key"), "throughput": _of(_mapping, "throughput"),
     "notes": _list_of(_text, "notes"),
-    "metrics_se": _of(_mapping, "metrics_se"), "main_metric_reason": _of(_text, "main_metric_reason"),
+    "metrics_se": _metrics_se, "main_metric_reason": _of(_text, "main_metric_reason"),
     "budget": _of(_mapping, "budget"), "tuning": _of(_mapping, "tuning"),
     "under_trained": _list_of(_text, "under_trained"),
+    "frozen": _of(_mapping, "frozen"), "below_floor": _below_floor,
 }
 
 

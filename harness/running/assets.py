@@ -15,7 +15,7 @@ from harness.definitions.grid import Cell
 from harness.definitions.tasks import task_type
 from harness.running.cache import atomic_dir, cached_encoding, file_digest, fingerprint, tokenizer_digest
 from harness.running.devices import precision
-from harness.running.models import body_state, build_model, load_tokenizer
+from harness.running.models import body_state, build_model, cell_heads, load_tokenizer
 from harness.running.train import train
 
 
@@ -81,10 +81,11 @@ def tokenizer_for(ctx: RunContext, model_name: str):
     return ctx.memo(("tok", model_name), lambda: load_tokenizer(spec, corpus, ctx.cache_dir))
 
 
-def _encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels):
-    # id(split): a carved train and test split share their file (splits live as long as ctx, in its memo)
-    return ctx.memo(("enc", model_name, split.file, len(split), id(split), max_length),
-                    lambda: cached_encoding(ctx.cache_dir, tokenizer, split, max_length, labels))
+def _encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels, separate: bool = False):
+    # id(split): a carved train and test split share their file (splits live as long as ctx, in its memo);
+    # separate: the two texts of a pair tokenised on their own (a bi-encoder's input, data.encode)
+    return ctx.memo(("enc", model_name, split.file, len(split), id(split), max_length, separate),
+                    lambda: cached_encoding(ctx.cache_dir, tokenizer, split, max_length, labels, separate))
 
 
 def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dict]:
@@ -102,10 +103,13 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
     folder = ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{seed}-{key}"
     trained = {}
 
+    pooling, head = cell_heads(p, cell)
+
     def build(tmp: Path):
         num_labels = task_type(cell.task).num_labels(inter.labels)
-        model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed)
-        enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels)
+        model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed, pooling, head)
+        enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels,
+                      separate=head == "bi")
         info = train(model, enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
                      tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
                      compile=ctx.compile)
@@ -126,5 +130,12 @@ def intermediate_key(ctx: RunContext, cell: Cell, seed: int) -> str:
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     return fingerprint("intermediate", p.models[cell.model].describe, inter.digest, p.intermediate_train, seed,
                        tokenizer_digest(tokenizer_for(ctx, cell.model)), precision(ctx.device), torch.__version__,
-                       transformers.__version__)
+                       transformers.__version__, *heads_key(p, cell))
+
+
+def heads_key(profile: Profile, cell: Cell) -> list:
+    """The cell's pooling and similarity head as a part of cache and config keys, only where they differ from
+    the seed recipe ([CLS] pooling, cross-encoder), so keys of that recipe stay as they were."""
+    heads = cell_heads(profile, cell)
+    return [] if heads == ("cls", "cross") else [{"pooling": heads[0], "similarity_head": heads[1]}]
 

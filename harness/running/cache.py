@@ -158,16 +158,17 @@ def tokenizer_digest(tokenizer) -> str:
                        tokenizer.padding_side)
 
 
-def cached_encoding(cache_dir: Path, tokenizer, split, max_length: int, labels):
+def cached_encoding(cache_dir: Path, tokenizer, split, max_length: int, labels, separate: bool = False):
     """`data.encode(...)` of a split, computed once per (tokenizer, split contents, length, labels, encoder code)
     and kept under cache_dir/encoded/ for every later cell, worker and run."""
     from harness.definitions import data as D
 
     content = fingerprint(split.texts, split.texts_b, split.labels)
     code = hashlib.sha256(inspect.getsource(D.encode).encode()).hexdigest()[:16]
-    key = fingerprint("encoded", tokenizer_digest(tokenizer), content, max_length, labels, code)
+    key = fingerprint("encoded", tokenizer_digest(tokenizer), content, max_length, labels, code,
+                      *(["separate"] if separate else []))
     name = "-".join(Path(split.file).with_suffix("").parts[-3:])  # e.g. classification-general-en-train
     folder = atomic_dir(Path(cache_dir) / "encoded" / f"{name}-{key}",
-                        lambda tmp: _save_dataclass(D.encode(tokenizer, split, max_length, labels),
+                        lambda tmp: _save_dataclass(D.encode(tokenizer, split, max_length, labels, separate),
                                                     tmp / "encoded.npz"))
     return _load_dataclass(D.Encoded, folder / "encoded.npz")

@@ -20,12 +20,13 @@ import torch
 from harness.definitions.grid import ARMS, Cell
 from harness.definitions.metrics import FUNCTIONS, main_metric, score
 from harness.definitions.tasks import task_type
-from harness.running import ensemble, flops, tuning
-from harness.running.assets import Loaded, RunContext, _encode, intermediate_body, load_dataset, tokenizer_for
+from harness.running import ensemble, flops, frozen, tuning
+from harness.running.assets import (Loaded, RunContext, _encode, heads_key, intermediate_body, load_dataset,
+                                    tokenizer_for)
 from harness.running.cache import fingerprint
 from harness.running.devices import precision
 from harness.running.environment import env_info
-from harness.running.models import build_model
+from harness.running.models import build_model, cell_heads
 from harness.running.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,12 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     flops.reset_peak_memory(ctx.device)
     tok = tokenizer_for(ctx, cell.model)
     hp = p.target_train
-    train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels)
-    test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels) for lang, s in target.tests.items()}
-    val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels) if space else None
+    pooling, head = cell_heads(p, cell)  # both arms and the intermediate model use the same head
+    bi = head == "bi"
+    train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels, bi)
+    test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels, bi)
+                for lang, s in target.tests.items()}
+    val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels, bi) if space else None
     num_labels = task_type(cell.task).num_labels(target.labels)
     pad, left = tok.pad_token_id, tok.padding_side == "left"
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
@@ -84,7 +88,7 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                 inter_meta.append({"seed": seed, **meta})
 
             def fresh(body=body, seed=seed):
-                model = build_model(spec, tok, num_labels, hp.max_length, seed)
+                model = build_model(spec, tok, num_labels, hp.max_length, seed, pooling, head)
                 if body is not None:
                     model.base_model.load_state_dict(body)
                 return model
@@ -100,7 +104,7 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
             else:
                 model, result, info = _select(ctx, fresh, train_enc, val_enc, space, main[0], seed, pad, left, desc)
                 selected[arm].append(result)
-                epochs[arm].append(result["choice"]["epochs"])
+                epochs[arm].append(result["choice"]["epoch"])
             timings["train_s"] += info["seconds"]
             timings["validation_s"] += info["callback_seconds"]
             train_examples += info["examples"]
@@ -109,8 +113,13 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                 preds[arm][lang].append(predict(model, enc, hp.eval_batch_size, ctx.device, pad, left))
                 eval_examples += len(enc)
             timings["eval_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    floor, record_floor = frozen.floor(ctx, cell, target, tok, main[0])  # after the arms: their streams untouched
+    timings["frozen_s"] = time.perf_counter() - t
     record = _record(ctx, cell, target, test_enc, preds, inter_meta, main, key)
-    record["budget"] = _budget(ctx, inter, len(train_enc), epochs, space)
+    record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
+    record["frozen"] = record_floor
+    record["budget"] = _budget(ctx, inter, len(train_enc), epochs, selected if space else None)
     if space is not None:
         record["tuning"] = _tuning_record(space, main[0], selected)
         record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
@@ -118,16 +127,17 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                    eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
-    runs_epochs = hp.epochs if space is None else len(space.lr) * space.max_epochs
+    runs_epochs = hp.epochs if space is None else sum(map(_epochs_run, selected.values())) / (2 * len(ctx.seeds))
     record["throughput"] = _throughput(ctx, model, runs_epochs, train_enc, test_enc, timings)
-    return Outcome(record, _arrays(test_enc, preds))
+    return Outcome(record, {**_arrays(test_enc, preds), **{f"frozen/{lang}": x[None] for lang, x in floor.items()}})
 
 
 def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpace, metric: str, seed: int,
             pad: int, left: bool, desc: str):
-    """One arm and seed's model, selected on the validation split: a run per learning rate of `space` (as long
-    as its largest epoch count), scored on validation after each epoch. Returns the selected model (best trial's
-    weights), the search result (harness.running.tuning.Search.result) and the runs' summed training info.
+    """One arm and seed's model, selected on the validation split: a run per learning rate of `space`, scored on
+    validation after each epoch and stopped early (harness.running.tuning; each run's schedule is planned for
+    `max_epochs`). Returns the selected model (the best epoch's weights), the search result
+    (harness.running.tuning.Search.result) and the runs' summed training info.
 
     Only validation labels are read here: the test sets are predicted by the caller, after the choice."""
     hp = ctx.profile.target_train
@@ -138,7 +148,8 @@ def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpac
         model = fresh()
 
         def validate(epoch, model=model, lr=lr):
-            search.observe(lr, epoch, predict(model, val_enc, hp.eval_batch_size, ctx.device, pad, left), model)
+            return search.observe(lr, epoch, predict(model, val_enc, hp.eval_batch_size, ctx.device, pad, left),
+                                  model)
 
         cfg = dataclasses.replace(hp, lr=lr, epochs=space.max_epochs)
         info = train(model, train_enc, cfg, seed, ctx.device, pad, left, desc=f"{desc} lr={lr:g}",
@@ -150,25 +161,30 @@ def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpac
 
 
 def _tuning_record(space: tuning.SearchSpace, metric: str, selected: dict) -> dict:
-    """The record's `tuning` block: the space, every trial's validation score and the choice per arm and seed,
-    and each arm's convergence check."""
+    """The record's `tuning` block: the space, every run's validation curve and stop reason, the choice (learning
+    rate, epoch) per arm and seed, and each arm's convergence check. `trials_per_arm`: runs per arm and seed."""
     return {"space": space.describe(), "trials_per_arm": space.trials, "metric": metric, "arms": selected,
             "convergence": {arm: tuning.convergence(results) for arm, results in selected.items()}}
 
 
-def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, space) -> dict:
-    """Optimizer steps behind each arm's evaluated model (mean over seeds): the intermediate arm adds the
-    intermediate task's steps to its target steps. `trained_steps`: every target step the cell ran (all
-    trials, all seeds), the cost of the comparison."""
+def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, selected: dict | None) -> dict:
+    """Optimizer steps behind each arm's evaluated model (mean over seeds; `epochs`: the chosen epoch counts): the
+    intermediate arm adds the intermediate task's steps to its target steps. `trained_steps`: every target step
+    the cell ran (all runs, all seeds; `selected`: the search results, None untuned), the cost of the comparison."""
     p, hp = ctx.profile, ctx.profile.target_train
     per_epoch = math.ceil(n_train / hp.batch_size)
     intermediate = p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
     target = {arm: float(np.mean(e)) * per_epoch for arm, e in epochs.items()}
-    runs = len(ctx.seeds) * (len(space.lr) * space.max_epochs if space else hp.epochs) * per_epoch
+    runs = {arm: (_epochs_run(selected[arm]) if selected else len(ctx.seeds) * hp.epochs) * per_epoch for arm in ARMS}
     return {"direct": {"target_steps": target["direct"], "total_steps": target["direct"]},
             "intermediate": {"intermediate_steps": intermediate, "target_steps": target["intermediate"],
                              "total_steps": intermediate + target["intermediate"]},
-            "trained_steps": {arm: runs for arm in ARMS}}
+            "trained_steps": runs}
+
+
+def _epochs_run(results: list[dict]) -> int:
+    """Epochs trained by an arm's search over all its seeds and runs (early stopping makes them differ)."""
+    return sum(len(run["curve"]) for result in results for run in result["runs"])
 
 
 def _throughput(ctx, model, epochs: int, train_enc, test_enc, timings) -> dict:
@@ -228,7 +244,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
         (["ensemble"] if ctx.ensemble and not ctx.tune else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
-                       torch.__version__, transformers.__version__, *extra)
+                       torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),
+                       {"frozen": frozen.RECIPE})
 
 
 def _arrays(test_enc, preds) -> dict:

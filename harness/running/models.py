@@ -15,6 +15,7 @@ import torch
 
 from harness.definitions.config import ModelConfig
 from harness.running.cache import atomic_dir, file_digest, fingerprint
+from harness.running.pooling import PoolingError, checkpoint_pooling, pooled
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +168,50 @@ def tiny_config(spec: ModelConfig, tokenizer, num_labels: int, max_length: int):
 SDPA_FAMILIES = ("bert", "roberta")
 
 
-def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int):
+def model_pooling(spec: ModelConfig) -> str:
+    """harness.running.pooling.checkpoint_pooling, its unreadable-config error as a ModelError (one line)."""
+    try:
+        return checkpoint_pooling(spec)
+    except PoolingError as err:
+        raise ModelError(str(err)) from None
+
+
+def cell_heads(profile, cell) -> tuple[str, str]:
+    """(pooling, similarity head) of a cell: pooling from its model row, else the profile, else the checkpoint;
+    the head of a pair regression task (similarity) from its target data set, else its model row, else the
+    profile ('cross' for every other task). Both arms and the intermediate model use them."""
+    from harness.definitions.tasks import task_type
+
+    row = profile.models[cell.model]
+    pooling = row.pooling or profile.pooling or model_pooling(row)
+    kind = task_type(cell.task)
+    if not (kind.pair and kind.regression):
+        return pooling, "cross"
+    target = profile.targets.get((cell.task, cell.domain))
+    return pooling, (target.similarity_head if target else None) or row.similarity_head or profile.similarity_head
+
+
+def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int,
+                pooling: str | None = None, head: str = "cross"):
     """A sequence classification / regression (num_labels=1) model with every weight trainable.
 
     The seed fixes the random parts (the whole tiny model; the head of a pretrained one), so the two arms of
-    a cell start from the same head initialisation.
+    a cell start from the same head initialisation. `pooling` (None: the checkpoint's) and `head` (a pair
+    regression task's `cross` or `bi`) choose the head: [CLS] pooling with a cross head is transformers' own
+    sequence-classification model (the seed recipe); anything else is a PooledModel on the bare encoder.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
+    pooling = pooling or model_pooling(spec)
     torch.manual_seed(seed)
     extra = {"problem_type": "regression"} if num_labels == 1 else {"problem_type": "single_label_classification"}
     attention = {"attn_implementation": "sdpa"} if spec.family in SDPA_FAMILIES else {}
-    if spec.source == "tiny":
+    if pooling != "cls" or head != "cross":
+        encoder = (AutoModel.from_config(tiny_config(spec, tokenizer, num_labels, max_length), **attention)
+                   if spec.source == "tiny" else from_pretrained(AutoModel, spec, **attention))
+        model = PooledModel(encoder, num_labels, pooling, head == "bi", tokenizer.pad_token_id,
+                            cls_last=tokenizer.padding_side == "left")
+    elif spec.source == "tiny":
         config = tiny_config(spec, tokenizer, num_labels, max_length)
         for key, value in extra.items():
             setattr(config, key, value)
@@ -189,6 +222,86 @@ def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, 
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+class PooledModel(torch.nn.Module):
+    """An encoder and a head on its pooled embeddings (harness.running.pooling), with the forward and output of
+    transformers' sequence-classification models (batches of harness.running.train.collate; `.loss`, `.logits`).
+
+    - not `bi`: dropout and a linear layer `classifier` on the pooled embedding of the input (one text, or a
+      pair encoded together: a cross-encoder); cross-entropy, or MSE for one output (regression);
+    - `bi` (pair regression): each text of a pair encoded on its own (harness.definitions.data.encode with
+      `separate`: the two texts packed in one row, told apart by token type 0 / 1), the score is the cosine of
+      the two pooled embeddings, trained with the CoSENT loss (Su 2022; sentence-transformers' CoSENTLoss):
+      it ranks the pairs of a batch by score, so the targets need no rescaling to the cosine's range.
+    `base_model` is the encoder, as in transformers: the body the intermediate arm carries over."""
+
+    COSENT_SCALE = 20.0
+
+    def __init__(self, encoder, num_labels: int, pooling: str, bi: bool, pad_id: int, cls_last: bool = False):
+        super().__init__()
+        self.encoder, self.pooling, self.bi, self.pad_id, self.cls_last = encoder, pooling, bi, pad_id, cls_last
+        self.config, self.num_labels = encoder.config, num_labels
+        if not bi:
+            config = encoder.config
+            rate = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
+            self.dropout = torch.nn.Dropout(rate)
+            self.classifier = torch.nn.Linear(config.hidden_size, num_labels)
+
+    @property
+    def base_model(self):
+        return self.encoder
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        head = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("encoder."))
+        return self.encoder.num_parameters(exclude_embeddings=exclude_embeddings) + head
+
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Pooled embeddings of the rows of a batch."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return pooled(out, attention_mask, self.pooling, self.cls_last)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if self.bi:
+            ids, mask = unpack_pairs(input_ids, attention_mask, token_type_ids, self.pad_id, self.cls_last)
+            u, v = self.embed(ids, mask).chunk(2)
+            logits = torch.nn.functional.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
+            loss = cosent(logits.squeeze(-1), labels, self.COSENT_SCALE) if labels is not None else None
+        else:
+            logits = self.classifier(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
+            loss = None
+            if labels is not None:
+                loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+                        if self.num_labels == 1 else torch.nn.functional.cross_entropy(logits, labels))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def cosent(scores: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+    """log(1 + sum over pairs (i, j) of the batch with labels_i < labels_j of exp(scale (s_i - s_j)))."""
+    diff = scale * (scores[:, None] - scores[None, :]).float()
+    diff = diff[labels[:, None] < labels[None, :]]
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff]), dim=0)
+
+
+def unpack_pairs(input_ids, attention_mask, token_type_ids, pad_id: int, left_pad: bool):
+    """Rows packed as `text a tokens, text b tokens` (token types 0 and 1, each with its own special tokens) ->
+    (ids, mask) of 2B rows, the B first texts then the B second texts, each padded as the tokenizer pads."""
+    if token_type_ids is None:
+        raise ValueError("a bi-encoder batch needs token types telling its two texts apart (encode(separate=True))")
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    parts = [real & (token_type_ids == segment) for segment in (0, 1)]
+    width = int(max(p.sum(1).max() for p in parts))
+    ids = input_ids.new_full((2 * len(input_ids), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for k, part in enumerate(parts):
+        n = part.sum(1, keepdim=True)
+        pos = part.cumsum(1) - 1 + ((width - n) if left_pad else 0)
+        rows, cols = part.nonzero(as_tuple=True)
+        ids[rows + k * len(input_ids), pos[rows, cols]] = input_ids[rows, cols]
+        mask[rows + k * len(input_ids), pos[rows, cols]] = 1
+    return ids, mask
 
 
 def body_state(model) -> dict:

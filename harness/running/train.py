@@ -118,7 +118,8 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
 
     `compile`: True compiles the step with inductor, a string with that torch.compile backend.
     `on_epoch(epoch)`, when given, is called after each epoch (1-based), e.g. to score a validation split
-    (harness.running.tuning); its time is returned as `callback_seconds` and is not part of `seconds`."""
+    (harness.running.tuning); its time is returned as `callback_seconds` and is not part of `seconds`. When it
+    returns True, training stops after that epoch (early stopping; the schedule stays planned for cfg.epochs)."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -153,9 +154,11 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
             bar.update()
         if on_epoch is not None:
             t = time.perf_counter()
-            on_epoch(epoch + 1)
+            stop = on_epoch(epoch + 1)
             model.train()
             hooked += time.perf_counter() - t
+            if stop:
+                break
     bar.close()
     curve = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)  # the loop's only sync
     seconds = time.perf_counter() - start - hooked
