@@ -32,8 +32,7 @@ from harness.definitions import data as D
 from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
-from harness.running import flops
-from harness.running import ensemble
+from harness.running import ensemble, flops
 from harness.running.assets import RunContext, load_dataset, tokenizer_for
 from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
 from harness.running.models import build_model
