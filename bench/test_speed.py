@@ -19,6 +19,7 @@ less), the harness's MFU, and for training the test accuracy each side reached.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -32,8 +33,7 @@ from harness.definitions import data as D
 from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
-from harness.running import flops
-from harness.running import ensemble
+from harness.running import ensemble, flops
 from harness.running.assets import RunContext, load_dataset, tokenizer_for
 from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
 from harness.running.models import build_model
@@ -47,7 +47,8 @@ CASES = {"tiny-bert": ("tiny", "bert"), "tiny-roberta": ("tiny", "roberta"), "ti
 ROUNDS = {"tiny": {"train": 7, "eval": 7}, "minilm": {"train": 3, "eval": 3}}
 MAX_TRAIN = {"minilm": 320}  # 20 steps of 16: a MiniLM round takes tens of seconds on 2 cores
 SEED = 0
-ENSEMBLE = {"seeds": [0, 1, 2], "rounds": {"tiny": 3, "minilm": 1}}  # test_ensemble_speed: k seeds, timed rounds
+# test_ensemble_speed: k seeds, timed rounds (TRANSFER_BENCH_ENSEMBLE_ROUNDS overrides)
+ENSEMBLE = {"seeds": [0, 1, 2], "rounds": {"tiny": 3, "minilm": 1}}
 
 
 @dataclass
@@ -196,7 +197,8 @@ def test_ensemble_speed(case: Case, benchmark, speed_table):
                                                           case.device, pad, left)))
         done["ensemble"] = models
 
-    rounds = ENSEMBLE["rounds"]["minilm" if case.name == "minilm" else "tiny"]
+    rounds = int(os.environ.get("TRANSFER_BENCH_ENSEMBLE_ROUNDS", 0)) or \
+        ENSEMBLE["rounds"]["minilm" if case.name == "minilm" else "tiny"]
     benchmark.pedantic(ensemble_round, setup=sequential_round, rounds=rounds, warmup_rounds=1)
     accuracy_of = lambda models: [accuracy(case.test.targets, p) for p in ensemble.predict_together(  # noqa: E731
         models, case.spec.family, case.test, case.cfg.eval_batch_size, case.device, pad, left)]

@@ -27,7 +27,7 @@ def data(n=44, seed=0, regression=False) -> Encoded:
 
 
 def model(family: str, seed: int, num_labels: int = 2):
-    from transformers import BertConfig, XLNetConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, BertConfig, XLNetConfig
 
     torch.manual_seed(seed)
     if family == "bert":

@@ -87,3 +87,18 @@ def test_one_summary_with_every_cell(serial, two_workers):
         summary = json.loads((results / "summary.json").read_text())
         assert sorted(c["cell"] for c in summary["cells"]) == sorted(records)
         assert "summary.json" in run.stdout.split("transfer-bench summary", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def ensemble_runs(tmp_path_factory):
+    """The cells with --ensemble (harness.running.ensemble), without xdist and with two workers."""
+    return [_run(tmp_path_factory.mktemp(name), "--ensemble", *args)[1]
+            for name, args in (("ensemble-serial", ("-n", "0")), ("ensemble-xdist", ("-n", "2", "--dist", "load")))]
+
+
+def test_ensemble_metrics_identical_with_and_without_xdist(ensemble_runs):
+    alone, workers = ensemble_runs
+    assert set(alone) == set(workers) and alone
+    for cell, record in alone.items():
+        assert workers[cell]["metrics_per_seed"] == record["metrics_per_seed"], cell
+        assert workers[cell]["config_key"] == record["config_key"]
