@@ -180,7 +180,7 @@ def test_atomic_write_failure_keeps_the_old_file_and_no_temp_file(tmp_path, monk
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", broken_replace)
+    monkeypatch.setattr(fileio.os, "replace", broken_replace)
     with pytest.raises(fileio.OutputError, match="disk full") as info:
         atomic_write_text(path, "new\n")
     assert str(info.value).startswith(f"{path}: not written")
@@ -202,7 +202,7 @@ def test_files_follow_the_umask(tmp_path):
 
 def test_stale_temp_files_are_removed_by_the_next_write_and_live_ones_kept(tmp_path):
     path = tmp_path / "x.npz"
-    host = R.socket.gethostname()
+    host = fileio.socket.gethostname()
     dead = tmp_path / f".x.npz.tmp-{host}-999999999-ab12"  # beyond pid_max: no such process
     live = tmp_path / f".x.npz.tmp-{host}-{os.getpid()}-cd34"
     elsewhere = tmp_path / ".x.npz.tmp-another-host-1-ef56"
