@@ -1,25 +1,10 @@
-"""Tables and plots of a run's cell records: the `report` command and the end-of-run summary files.
+"""The renderers of a summary (harness.output.summary: the one JSON-ready model every format is drawn from, so
+the formats cannot disagree): Markdown, LaTeX (booktabs), tidy CSV, JSON and the terminal table, with the marks
+of FDR survivors, under-trained arms and arms below the frozen floor; and `write_summary`, the end-of-run and
+`report` files (each written atomically).
 
-Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
-- main table: rows model, columns task x domain, entry `frozen / direct / +intermediate / gain (verdict)` in the
-  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.frozen); the best
-  model per column (highest score of either arm) marked;
-- cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
-- robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
-  that harness.results.analysis computes from the two cells' saved predictions, else (no predictions, another
-  configuration) the difference of the two gains without an interval, and a note why;
-- cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
-  behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
-- significance: per cell and language the gain's Benjamini-Hochberg q-value across every gain of the run and
-  its minimum detectable change (what the baseline check catches with 80% power), and how many verdicts
-  survive a 5% false discovery rate;
-- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
-  without a significant change (passed on by the pytest plugin; reported, not failed).
-An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
-with an arm significantly below the frozen floor (record `below_floor`) BELOW_FLOOR_MARK, and the summary counts
-those arms ("N of M arms below the frozen model").
-A cell of the grid (models seen x task-domain columns seen) without a record is `missing`, never zero.
-"""
+Length (over ~350 lines): five renderers of the same tables kept side by side, so a column added to one is seen
+next to the others."""
 from __future__ import annotations
 
 import csv
