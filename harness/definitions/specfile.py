@@ -42,6 +42,9 @@ when the profile is loaded (pytest collection): keys and values statically, and 
 validated with harness.definitions.data (columns, labels, scores; a test label the train split lacks). Hub data sets are
 checked statically only (collection never touches the network). Every problem is a `SpecError` whose message
 is one line naming the spec file, the entry and the key.
+
+Length (over ~350 lines): the one grammar of the format; each key's check and its one-line error stay next to
+the key's parsing, so the messages cannot drift from what is accepted.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The cell record: its declared format, its one validator (used on read and on write), its paths, and the one
-atomic writer every output of the harness goes through (records, predictions, summaries, plot, baselines).
+paths and its reading and writing (through harness.fileio, the atomic writer every output goes through).
 
 A record is one JSON object per cell, `RESULTS/cells/CELL.json`; the per-example predictions it was computed
 from are `RESULTS/predictions/CELL.npz`. `CellRecord` declares the fields and `CHECKS` holds one check per
@@ -7,6 +7,8 @@ field. A field added by a later change is one `NotRequired[...]` line in `CellRe
 `CHECKS`; fields this harness does not know are kept as they are (a newer record stays readable), but like
 every other number in the record they must be finite. A record of another schema version is refused in one
 line; a version 2 would come with a function here that turns a version-1 record into one.
+
+Length (over ~350 lines): one check per declared field, kept beside the declaration they enforce.
 """
 
 import io
