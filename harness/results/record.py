@@ -1,5 +1,5 @@
-"""The cell record: its declared format, its one validator (used on read and on write), its paths, and the one
-paths and its reading and writing (through harness.fileio, the atomic writer every output goes through).
+"""The cell record: its declared format, its one validator (used on read and on write), its paths and its
+reading and writing (through harness.fileio, the atomic writer every output goes through).
 
 A record is one JSON object per cell, `RESULTS/cells/CELL.json`; the per-example predictions it was computed
 from are `RESULTS/predictions/CELL.npz`. `CellRecord` declares the fields and `CHECKS` holds one check per
