@@ -77,8 +77,11 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     train_examples = eval_examples = 0
     preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
     inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
-    together = {} if space is not None or not ctx.ensemble else \
-        ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc)
+    stackable = space is None and (pooling, head) == ("cls", "cross")  # what harness.running.ensemble builds
+    if ctx.ensemble and not stackable:
+        log.warning("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head; training its seeds "
+                    "one after another", cell.id)
+    together = ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc) if ctx.ensemble and stackable else {}
     for seed in ctx.seeds:
         for arm in ARMS:
             body = None
