@@ -73,9 +73,11 @@ def test_minilm_weights_load_offline():
     tok = load_tokenizer(spec, [], Path("unused"))
     enc = tok("a first sentence", "and a second", return_token_type_ids=True)
     assert enc["input_ids"][0] == tok.cls_token_id and set(enc["token_type_ids"]) == {0, 1}
-    model = build_model(spec, tok, num_labels=1, max_length=64, seed=0)
-    assert model.config.num_hidden_layers == 6 and model.config.problem_type == "regression"
+    model = build_model(spec, tok, num_labels=1, max_length=64, seed=0)  # pooled as the checkpoint pools: mean
+    assert model.config.num_hidden_layers == 6 and model.pooling == "mean" and model.classifier.out_features == 1
     assert all(p.requires_grad for p in model.parameters())
+    cls = build_model(spec, tok, num_labels=1, max_length=64, seed=0, pooling="cls")  # transformers' own head
+    assert cls.config.problem_type == "regression"
 
 
 def test_paper_profile_recipe_and_hub_ids(tmp_path):
