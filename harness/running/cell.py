@@ -77,7 +77,7 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     train_examples = eval_examples = 0
     preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
     inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
-    stackable = space is None and (pooling, head) == ("cls", "cross")  # what harness.running.ensemble builds
+    stackable = _stackable(ctx, cell)
     if ctx.ensemble and not stackable:
         log.warning("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head; training its seeds "
                     "one after another", cell.id)
@@ -238,13 +238,19 @@ def _validation_sizes(target: Loaded) -> dict:
     return {"validation": len(target.validation), "validation_source": target.validation_source}
 
 
+def _stackable(ctx: RunContext, cell: Cell) -> bool:
+    """Whether --ensemble trains this cell: untuned, [CLS] pooling and a cross head (what harness.running.ensemble
+    builds); other cells train their seeds one after another."""
+    return not ctx.tune and cell_heads(ctx.profile, cell) == ("cls", "cross")
+
+
 def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     """Everything that determines a cell's numbers: a record with the same key can be reused (resume). The
     search space and a non-default main metric join the key only when in use (untuned keys stay as they were)."""
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        (["ensemble"] if ctx.ensemble and not ctx.tune else [])
+        (["ensemble"] if ctx.ensemble and _stackable(ctx, cell) else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),
