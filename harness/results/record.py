@@ -76,6 +76,8 @@ class CellRecord(TypedDict):
     # arms whose main metric is significantly below the frozen floor's: {arm, language, mean, ci_low, ci_high}
     # (arm - floor and its paired-bootstrap interval; harness.results.analysis.below_floor)
     below_floor: NotRequired[list[dict[str, Any]]]
+    # head_init "probe" (harness.running.lpft): {mode, arms: arm -> [{seed, layer, C, validation, ...}]}
+    head_init: NotRequired[dict[str, Any]]
 
 
 class RecordError(Exception):
@@ -247,6 +249,7 @@ CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "budget": _of(_mapping, "budget"), "tuning": _of(_mapping, "tuning"),
     "under_trained": _list_of(_text, "under_trained"),
     "frozen": _of(_mapping, "frozen"), "below_floor": _below_floor,
+    "head_init": _of(_mapping, "head_init"),
 }
 
 

@@ -20,13 +20,13 @@ import torch
 from harness.definitions.grid import ARMS, Cell
 from harness.definitions.metrics import FUNCTIONS, main_metric, score
 from harness.definitions.tasks import task_type
-from harness.running import ensemble, flops, frozen, tuning
+from harness.running import ensemble, flops, frozen, lpft, tuning
 from harness.running.assets import (Loaded, RunContext, _encode, heads_key, intermediate_body, load_dataset,
                                     tokenizer_for)
 from harness.running.cache import fingerprint
 from harness.running.devices import precision
 from harness.running.environment import env_info
-from harness.running.models import build_model, cell_heads
+from harness.running.models import build_model, cell_head_init, cell_heads
 from harness.running.train import lengths_of, predict, train
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,17 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels, bi) if space else None
     num_labels = task_type(cell.task).num_labels(target.labels)
     pad, left = tok.pad_token_id, tok.padding_side == "left"
+    head_init = cell_head_init(p, cell)
+    probes = {arm: [] for arm in ARMS}  # head_init "probe": each arm and seed's probe (harness.running.lpft)
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
-               "eval_s": 0.0}
+               "eval_s": 0.0, **({"probe_s": 0.0} if head_init == "probe" else {})}
     train_examples = eval_examples = 0
     preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
     inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
     stackable = _stackable(ctx, cell)
     if ctx.ensemble and not stackable:
-        log.warning("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head; training its seeds "
-                    "one after another", cell.id)
+        log.warning("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head started at random; "
+                    "training its seeds one after another", cell.id)
     together = ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc) if ctx.ensemble and stackable else {}
     for seed in ctx.seeds:
         for arm in ARMS:
@@ -90,10 +92,20 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                 timings["intermediate_s"] += meta["seconds"]
                 inter_meta.append({"seed": seed, **meta})
 
-            def fresh(body=body, seed=seed):
+            start = {}  # head_init "probe": the output layer's start, fit once per arm and seed, shared by its runs
+
+            def fresh(body=body, seed=seed, arm=arm, start=start):
                 model = build_model(spec, tok, num_labels, hp.max_length, seed, pooling, head)
                 if body is not None:
                     model.base_model.load_state_dict(body)
+                if head_init == "probe":
+                    if not start:
+                        state, meta = lpft.fit_head(model, num_labels, train_enc, val_enc, main[0],
+                                                    hp.eval_batch_size, ctx.device, pad, left)
+                        start.update(state=state)
+                        probes[arm].append({"seed": seed, **meta})
+                        timings["probe_s"] += meta["seconds"]
+                    lpft.load_head(model, num_labels, start["state"])
                 return model
 
             desc = f"{cell.id} {arm} s{seed}"
@@ -123,6 +135,8 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
     record["frozen"] = record_floor
     record["budget"] = _budget(ctx, inter, len(train_enc), epochs, selected if space else None)
+    if head_init == "probe":
+        record["head_init"] = {"mode": "probe", "arms": probes}
     if space is not None:
         record["tuning"] = _tuning_record(space, main[0], selected)
         record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
@@ -239,18 +253,21 @@ def _validation_sizes(target: Loaded) -> dict:
 
 
 def _stackable(ctx: RunContext, cell: Cell) -> bool:
-    """Whether --ensemble trains this cell: untuned, [CLS] pooling and a cross head (what harness.running.ensemble
-    builds); other cells train their seeds one after another."""
-    return not ctx.tune and cell_heads(ctx.profile, cell) == ("cls", "cross")
+    """Whether --ensemble trains this cell: untuned, [CLS] pooling and a cross head started at random (what
+    harness.running.ensemble builds); other cells train their seeds one after another."""
+    return (not ctx.tune and cell_heads(ctx.profile, cell) == ("cls", "cross")
+            and cell_head_init(ctx.profile, cell) == "random")
 
 
 def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     """Everything that determines a cell's numbers: a record with the same key can be reused (resume). The
-    search space and a non-default main metric join the key only when in use (untuned keys stay as they were)."""
+    search space, a non-default main metric and a probe-initialised head join the key only when in use (untuned
+    keys stay as they were)."""
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        (["ensemble"] if ctx.ensemble and _stackable(ctx, cell) else [])
+        (["ensemble"] if ctx.ensemble and _stackable(ctx, cell) else []) + \
+        ([{"head_init": "probe", "recipe": frozen.RECIPE}] if cell_head_init(p, cell) == "probe" else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),

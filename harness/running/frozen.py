@@ -57,22 +57,14 @@ def floor(ctx, cell, target, tokenizer, metric: str) -> tuple[dict[str, np.ndarr
     else:
         ids = {label: i for i, label in enumerate(target.labels)}
         x, y = features(target.train), np.array([ids[label] for label in target.train.labels])
+        validation = None
         if target.validation is not None:
-            xv, yv = features(target.validation), np.array([ids[label] for label in target.validation.labels])
-            source, fit_x, fit_y = target.validation_source, x, y
-        else:
-            order = np.random.default_rng(0).permutation(len(y))
-            cut = max(1, round(VALIDATION_FRACTION * len(y)))
-            xv, yv, fit_x, fit_y = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-            source = "carved (C chosen, then refit on every training row)"
-        scores = {c: float(FUNCTIONS[metric](yv, probe(fit_x, fit_y, c).predict(xv))) for c in C_GRID}
-        best = max(C_GRID, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-        model = probe(x, y, best)
+            validation = (features(target.validation), np.array([ids[label] for label in target.validation.labels]),
+                          target.validation_source)
+        model, chosen = select_probe(x, y, validation, metric)
         preds = {lang: model.predict(features(split)).astype(np.float32) for lang, split in target.tests.items()}
         meta.update(features="(u, v, |u - v|, u * v) of the two texts' pooled embeddings" if kind.pair
-                    else "pooled embeddings",
-                    probe={"C": best, "metric": metric, "validation": {f"{c:g}": s for c, s in scores.items()},
-                           "validation_source": source, "validation_size": int(len(yv))})
+                    else "pooled embeddings", probe=chosen)
     meta["seconds"] = time.perf_counter() - start
     return preds, meta
 
@@ -105,6 +97,24 @@ def embed(encoder, tokenizer, texts: list, max_length: int, pooling: str, normal
 def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
     return ((u * v).sum(axis=1) / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def select_probe(x: np.ndarray, y: np.ndarray, validation: tuple | None, metric: str):
+    """The probe of y on x with C chosen on `validation` = (x, y, where it came from); None: on a fixed-seed carve
+    of the rows (VALIDATION_FRACTION), C then refit on all of them. Returns the probe fit on every row and what the
+    record keeps (C, the validation score of each C, the validation's source and size)."""
+    if validation is not None:
+        xv, yv, source = validation
+        fit_x, fit_y = x, y
+    else:
+        order = np.random.default_rng(0).permutation(len(y))
+        cut = max(1, round(VALIDATION_FRACTION * len(y)))
+        xv, yv, fit_x, fit_y = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+        source = "carved (C chosen, then refit on every training row)"
+    scores = {c: float(FUNCTIONS[metric](yv, probe(fit_x, fit_y, c).predict(xv))) for c in C_GRID}
+    best = max(C_GRID, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    return probe(x, y, best), {"C": best, "metric": metric, "validation": {f"{c:g}": s for c, s in scores.items()},
+                               "validation_source": source, "validation_size": int(len(yv))}
 
 
 def probe(x: np.ndarray, y: np.ndarray, c: float):

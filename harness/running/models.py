@@ -191,6 +191,16 @@ def cell_heads(profile, cell) -> tuple[str, str]:
     return pooling, (target.similarity_head if target else None) or row.similarity_head or profile.similarity_head
 
 
+def cell_head_init(profile, cell) -> str:
+    """How a cell's classification head starts (one of HEAD_INITS): its model row's `head_init`, else the
+    profile's. A regression task's head (similarity) always starts at random: there is no probe to start from."""
+    from harness.definitions.tasks import task_type
+
+    if task_type(cell.task).regression:
+        return "random"
+    return profile.models[cell.model].head_init or profile.head_init
+
+
 def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int,
                 pooling: str | None = None, head: str = "cross"):
     """A sequence classification / regression (num_labels=1) model with every weight trainable.
