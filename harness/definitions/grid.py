@@ -27,7 +27,8 @@ class Cell:
 
     @property
     def group(self) -> str:
-        """Cells that share an intermediate model (same model and task) run together under xdist loadgroup."""
+        """Cells that share an intermediate model (same model and task); under xdist the first of a group runs
+        before any group's second (harness.pytest.selection.CellGroupScheduling)."""
         return f"{self.model}-{self.task}"
 
     def __str__(self) -> str:

@@ -27,8 +27,10 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config):
-    """Under `-n K` without a `--dist` choice, schedule with `loadgroup`: the cells of a model-task group (one
-    intermediate model) go to one worker, so workers rarely wait for each other's intermediate training."""
+    """Under `-n K` without a `--dist` choice, schedule with `loadgroup` (harness.pytest.selection's version): the
+    first cell of every model-task group (the one that trains its intermediate models) before any group's other
+    cells, each cell its own work unit, so the workers stay evenly busy and rarely wait for each other's
+    intermediate training."""
     if getattr(config.option, "numprocesses", None) and config.option.dist == "no" \
             and not getattr(config.option, "distload", False):
         config.option.dist = "loadgroup"

@@ -1,5 +1,5 @@
-"""Which cells run and where: `-k` matching for cells, `--shard I/N`, and the xdist scheduler that keeps a
-model-task group on one worker and survives a crashed worker."""
+"""Which cells run and where: `-k` matching for cells, `--shard I/N`, and the xdist scheduler that starts every
+model-task group before it runs a second cell of any, and survives a crashed worker."""
 from __future__ import annotations
 
 import re
@@ -94,11 +94,21 @@ def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
 # ---------------------------------------------------------------- xdist
 
 class CellGroupScheduling(LoadGroupScheduling):
-    """xdist's `loadgroup`, with two changes.
+    """xdist's `loadgroup`, with three changes.
+
+    Each cell is its own work unit, and a worker that needs one is given the first cell of a model-task group
+    no worker has started, else the next cell in collection order: the first cell of a group trains the group's
+    intermediate models (cached on disk, harness.running.assets.intermediate_body), so every group's expensive
+    first cell runs before any cheap second one, and by the time the cheap cells are handed out their
+    intermediate models are built (a worker that needed one still being trained would wait on its lock, not
+    train it again: the numbers do not depend on where a cell runs). Whole groups as units (xdist's own
+    `loadgroup`) left the 2-core `tiny` grid's workers 437 s and 532 s busy (9 groups of 78-131 s on 2
+    workers); cells as units balance them to within one cheap cell (the same records' timings: 480 s and 490 s).
+    A worker holds its running cell and the next (xdist runs an item only once it knows the one after), not
+    xdist's three, so the last cells go to whichever worker frees up first.
 
     Cells are grouped by their model-task group read from the node id, not only through the `@group` suffix
-    that xdist's workers add: with pytest 9 that suffix is lost (pytest-xdist issue #1386) and groups would be
-    split.
+    that xdist's workers add: with pytest 9 that suffix is lost (pytest-xdist issue #1386).
 
     A crashed worker does not hang the run (pytest-xdist issue #1327, fixed upstream by PR #1328 after 3.8.0):
     the cell it was running is failed (not retried: an out-of-memory cell would crash worker after worker),
@@ -108,7 +118,29 @@ class CellGroupScheduling(LoadGroupScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
         cell = cell_of(nodeid)
-        return f"cells:{cell.group}" if cell else super()._split_scope(nodeid)
+        return f"cells:{cell.group}:{cell.id}" if cell else super()._split_scope(nodeid)
+
+    @staticmethod
+    def _group_of(scope: str) -> str:
+        """The model-task group of a cell's work unit; other tests' units are groups of their own."""
+        return scope.rsplit(":", 1)[0] if scope.startswith("cells:") else scope
+
+    def _assign_work_unit(self, node) -> None:
+        started = {self._group_of(scope) for work in self.assigned_work.values() for scope in work}
+        scope = next((s for s in self.workqueue if self._group_of(s) not in started), next(iter(self.workqueue)))
+        unit = self.workqueue.pop(scope)
+        self.assigned_work.setdefault(node, {})[scope] = unit
+        collection = self.registered_collections[node]
+        node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
+
+    def _reschedule(self, node) -> None:
+        if node.shutting_down:
+            return
+        if not self.workqueue:
+            node.shutdown()
+            return
+        if self._pending_of(self.assigned_work[node]) <= 1:  # xdist's own threshold is 2
+            self._assign_work_unit(node)
 
     def remove_node(self, node) -> str | None:
         workload = self.assigned_work.pop(node)
