@@ -6,7 +6,7 @@ import pytest
 
 from harness.definitions.grid import Cell
 from harness.definitions.specfile import SpecError, apply_spec, read_profile
-from harness.running.models import cell_heads
+from harness.running.models import cell_head_init, cell_heads
 from tests.test_spec import data, error, target_entry, write_spec  # noqa: F401 (data is a fixture)
 
 PAIR_TARGET = dict(name="pairs", task="similarity", domain="general", format="tsv", path="pairs", text_a="a",
@@ -62,3 +62,6 @@ def test_minilm_defaults_to_mean_pooling_and_a_bi_encoder(tmp_path):
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     assert cell_heads(p, Cell("bert", "similarity", "general")) == ("mean", "bi")
     assert cell_heads(p, Cell("bert", "classification", "general")) == ("mean", "cross")
+    # LP-FT is minilm's measured default for classification heads; similarity has no probe start
+    assert cell_head_init(p, Cell("bert", "classification", "legal")) == "probe"
+    assert cell_head_init(p, Cell("bert", "similarity", "general")) == "random"
