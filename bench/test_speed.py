@@ -179,11 +179,13 @@ def test_prediction_speed(case: Case, benchmark, speed_table, tmp_path):
 
 def test_ensemble_speed(case: Case, benchmark, speed_table):
     """k seeds trained one after the other (harness.running.train) vs together (harness.running.ensemble, pytest
-    --ensemble), alternating rounds; the same models (one per seed), data and hyper-parameters."""
+    --ensemble), alternating rounds; the same models (one per seed), data and hyper-parameters. The models are
+    built with [CLS] pooling, the head --ensemble stacks (a mean-pooled MiniLM cell trains its seeds one after
+    another: harness.running.cell._stackable)."""
     seeds, ours, theirs, done = ENSEMBLE["seeds"], [], {"sequential": []}, {}
     pad, left = case.padding
-    fresh = lambda: [build_model(case.spec, case.tokenizer, case.num_labels, case.cfg.max_length, s)  # noqa: E731
-                     for s in seeds]
+    fresh = lambda: [build_model(case.spec, case.tokenizer, case.num_labels, case.cfg.max_length, s,  # noqa: E731
+                                 pooling="cls") for s in seeds]
 
     def sequential_round():
         models = fresh()
