@@ -101,12 +101,10 @@ class FakeNode:
         self.shutting_down = True
 
 
-def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
-    """The scheduling of the test above without processes: the replacement must be sent the remaining cell and
-    told to shut down (a worker runs its last item only then), and the crashed cell is not sent again."""
+def _two_workers(ids: list[str]):
+    """The plugin's scheduler with two workers that collected `ids`, after its first schedule() call."""
     from harness.pytest.selection import CellGroupScheduling
 
-    ids = [f"bench/test_transfer.py::test_transfer[{c}]" for c in (FIRST, SECOND, THIRD)]
     config = SimpleNamespace(getvalue=lambda name: ["popen", "popen"], option=SimpleNamespace(loadscopereorder=True))
     sched = CellGroupScheduling(config)
     first, second = FakeNode("gw0"), FakeNode("gw1")
@@ -114,6 +112,14 @@ def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
         sched.add_node(node)
         sched.add_node_collection(node, ids)
     sched.schedule()
+    return sched, first, second
+
+
+def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
+    """The scheduling of the test above without processes: the replacement must be sent the remaining cell and
+    told to shut down (a worker runs its last item only then), and the crashed cell is not sent again."""
+    ids = [f"bench/test_transfer.py::test_transfer[{c}]" for c in (FIRST, SECOND, THIRD)]
+    sched, first, second = _two_workers(ids)
     assert (first.sent, second.sent, second.shutting_down) == ([0, 2], [1], True)
     assert sched.remove_node(first) == ids[0]  # crashed in FIRST, with THIRD still to run
     replacement = FakeNode("gw2")
@@ -129,17 +135,9 @@ def test_scheduler_gives_a_replacement_worker_the_rest_and_lets_it_finish():
 def test_scheduler_starts_every_group_before_a_second_cell_of_any():
     """Cells are units: each worker first gets the first cell of a group nobody has started (the one that trains
     the group's intermediate models), then the next cell in collection order; a worker holds two at most."""
-    from harness.pytest.selection import CellGroupScheduling
-
     cells = [f"{g}-{d}" for g in ("bert-classification", "xlnet-sentiment") for d in ("general", "legal", "medical")]
     ids = [f"bench/test_transfer.py::test_transfer[{c}]" for c in cells]
-    config = SimpleNamespace(getvalue=lambda name: ["popen", "popen"], option=SimpleNamespace(loadscopereorder=True))
-    sched = CellGroupScheduling(config)
-    first, second = FakeNode("gw0"), FakeNode("gw1")
-    for node in (first, second):
-        sched.add_node(node)
-        sched.add_node_collection(node, ids)
-    sched.schedule()
+    sched, first, second = _two_workers(ids)
     sched.schedule()  # as xdist does once the collections are in: nothing more while each holds two
     assert (first.sent, second.sent) == ([0, 1], [3, 2])
     sched.mark_test_complete(second, 3)

@@ -161,15 +161,19 @@ def test_under_trained_only_when_stopped_by_max_epochs_while_still_rising():
     assert convergence([_result(3, [0.3], "max_epochs")])["under_trained"] is False  # one epoch: nothing to read
 
 
+def _tiny_rows(profile, tok, limit: int):
+    """The first `limit` training rows of tiny's general classification target, encoded (32 tokens), and labels."""
+    split = D.load_split(profile.targets[("classification", "general")], profile.data_root, "train", limit=limit)
+    labels = task_type("classification").label_set(split.labels)
+    return D.encode(tok, split, 32, labels), labels
+
+
 def test_train_stops_after_the_epoch_whose_hook_says_so(tiny_profile, tiny_tokenizers):
     from harness.running.models import build_model
     from harness.running.train import train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
-    split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
-                         limit=32)
-    labels = task_type("classification").label_set(split.labels)
-    enc = D.encode(tok, split, 32, labels)
+    enc, labels = _tiny_rows(tiny_profile, tok, 32)
     cfg = dataclasses.replace(tiny_profile.target_train, epochs=5, max_length=32)
     seen = []
     model = build_model(spec, tok, len(labels), 32, seed=1)
@@ -188,10 +192,7 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
     from harness.running.train import train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
-    split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
-                         limit=96)
-    labels = task_type("classification").label_set(split.labels)
-    enc = D.encode(tok, split, 32, labels)
+    enc, labels = _tiny_rows(tiny_profile, tok, 96)
     def rows(part):
         return D.Encoded(enc.input_ids[part], enc.token_type_ids and enc.token_type_ids[part], enc.targets[part])
 
@@ -223,10 +224,7 @@ def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokeni
     from harness.running.train import predict, train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
-    split = D.load_split(tiny_profile.targets[("classification", "general")], tiny_profile.data_root, "train",
-                         limit=64)
-    labels = task_type("classification").label_set(split.labels)
-    enc = D.encode(tok, split, 32, labels)
+    enc, labels = _tiny_rows(tiny_profile, tok, 64)
     cfg = dataclasses.replace(tiny_profile.target_train, epochs=2, max_length=32)
     weights, epochs_seen = [], []
     for hook in (None, lambda epoch: epochs_seen.append((epoch, predict(model, enc, 16, "cpu", 0, False)))):

@@ -267,7 +267,7 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
         (["ensemble"] if ctx.ensemble and _stackable(ctx, cell) else []) + \
-        ([{"head_init": "probe", "recipe": frozen.RECIPE}] if cell_head_init(p, cell) == "probe" else [])
+        ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),
