@@ -27,17 +27,21 @@ def data(n=44, seed=0, regression=False) -> Encoded:
 
 
 def model(family: str, seed: int, num_labels: int = 2):
-    from transformers import AutoModelForSequenceClassification, BertConfig, XLNetConfig
+    from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig, XLNetConfig
 
     torch.manual_seed(seed)
     if family == "bert":
         config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32, max_position_embeddings=20, num_labels=num_labels)
+    elif family == "roberta":
+        config = RobertaConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=22, num_labels=num_labels,
+                               pad_token_id=0)
     else:
         config = XLNetConfig(vocab_size=100, d_model=16, n_layer=1, n_head=2, d_inner=32, num_labels=num_labels)
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
     return AutoModelForSequenceClassification.from_config(
-        config, **({"attn_implementation": "sdpa"} if family == "bert" else {}))
+        config, **({"attn_implementation": "sdpa"} if family != "xlnet" else {}))
 
 
 def trained(family="bert", seeds=(0, 1, 2), regression=False):
@@ -83,7 +87,8 @@ def test_clipping_is_per_member():
             torch.testing.assert_close(p.grad[m], q.grad)
 
 
-@pytest.mark.parametrize("family,regression", [("bert", False), ("bert", True), ("xlnet", False)])
+@pytest.mark.parametrize("family,regression", [("bert", False), ("bert", True), ("roberta", False),
+                                               ("xlnet", False), ("xlnet", True)])
 def test_evaluation_together_matches_each_model_alone(family, regression):
     models, _ = trained(family, regression=regression)
     test = data(30, seed=1, regression=regression)
@@ -101,3 +106,48 @@ def test_another_process_gives_the_same_numbers():
 
 def test_group_seed_depends_on_the_members_seeds():
     assert ensemble.group_seed([0, 0, 1, 1]) == ensemble.group_seed([0, 0, 1, 1]) != ensemble.group_seed([0, 1])
+
+
+def test_paired_steps_give_each_member_its_own_batches_in_a_random_order():
+    lengths = np.random.default_rng(5).integers(3, 30, size=203)
+    plans = [ensemble.length_grouped_batches(lengths, 16, np.random.default_rng(s)) for s in (0, 1, 2)]
+    steps = ensemble.paired_steps(plans, lengths, np.random.default_rng(9))
+    assert len(steps) == len(plans[0])
+    for m, plan in enumerate(plans):  # every batch of the member once, none of another member's
+        assert sorted(tuple(b) for b in plan) == sorted(tuple(step[m]) for step in steps)
+    widths = np.array([[lengths[b].max() for b in step] for step in steps])
+    ranks = [np.argsort(np.argsort([(lengths[b].max(), len(b)) for b in plan], kind="stable"), kind="stable")
+             for plan in plans]
+    assert (np.ptp(widths, axis=1) <= 3).mean() > 0.9  # paired by width rank: little padding in a step
+    assert not np.array_equal(widths[:, 0], np.sort(widths[:, 0]))  # the steps come in a shuffled order
+    assert all(len(r) == len(steps) for r in ranks)
+    again = ensemble.paired_steps(plans, lengths, np.random.default_rng(9))
+    assert all(all(np.array_equal(a, b) for a, b in zip(x, y)) for x, y in zip(steps, again))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])
+def test_grouped_model_computes_what_each_member_computes(family):
+    """In training mode without dropout, the grouped forward gives each member's own logits and gradients."""
+    from harness.running.grouped import group
+
+    members = [model(family, s) for s in (0, 1, 2)]
+    for m in members:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        m.train()
+    grouped = group(members, family).train()
+    rng = np.random.default_rng(3)
+    ids = torch.from_numpy(rng.integers(5, 100, size=(3, 4, 9)))
+    types = torch.from_numpy(rng.integers(0, 2, size=(3, 4, 9)))
+    kwargs = {} if family == "roberta" else {"token_type_ids": types.flatten(0, 1)}
+    out = grouped(ids.flatten(0, 1), **kwargs).logits.view(3, 4, -1)
+    out.sum().backward()
+    stacked = grouped.stacked()
+    assert len(stacked) == len([p for p in members[0].parameters() if p.requires_grad]) - (family == "xlnet")
+    for m, member in enumerate(members):
+        own = member(ids[m], **({} if family == "roberta" else {"token_type_ids": types[m]})).logits
+        torch.testing.assert_close(out[m], own, atol=1e-5, rtol=1e-4)
+        own.sum().backward()
+        for name, p in stacked.items():
+            torch.testing.assert_close(p.grad[m], member.get_parameter(name).grad, atol=1e-5, rtol=1e-4)

@@ -91,9 +91,26 @@ def test_one_summary_with_every_cell(serial, two_workers):
 
 @pytest.fixture(scope="module")
 def ensemble_runs(tmp_path_factory):
-    """The cells with --ensemble (harness.running.ensemble), without xdist and with two workers."""
-    return [_run(tmp_path_factory.mktemp(name), "--ensemble", *args)[1]
+    """The cells with --ensemble (harness.running.ensemble) and two seeds, without xdist and with two workers."""
+    return [_run(tmp_path_factory.mktemp(name), "--ensemble", "--seeds", "2", *args)[1]
             for name, args in (("ensemble-serial", ("-n", "0")), ("ensemble-xdist", ("-n", "2", "--dist", "load")))]
+
+
+def test_ensemble_trains_each_group_of_intermediate_models_once(ensemble_runs):
+    """The two seeds' intermediate models of a (model, task) train together once, in one of the cells that need
+    them, whichever worker gets there first; every other cell reads both from the cache."""
+    for records in ensemble_runs:
+        trained = defaultdict(list)
+        for record in records.values():
+            for entry in record["intermediate"]:
+                assert entry["group"] == [0, 1]
+                trained[entry["key"]].append((record["cell"], entry["seed"], entry["trained_here"],
+                                              entry["seconds"]))
+        assert len(trained) == 4  # classification and sentiment x seeds 0 and 1: a key per seed
+        for uses in trained.values():
+            assert sum(here for _, _, here, _ in uses) == (1 if uses[0][1] == 0 else 0), uses
+        first = {cell: s for uses in trained.values() for cell, seed, here, s in uses if here}
+        assert len(first) == 2 and all(s > 0 for s in first.values())  # seed 0's entry holds the group's seconds
 
 
 def test_ensemble_metrics_identical_with_and_without_xdist(ensemble_runs):

@@ -121,6 +121,7 @@ class Profile:
     pooling: str | None = None  # every row's pooling unless the row sets its own (None: the checkpoint's)
     similarity_head: str = "cross"  # every row's similarity head unless the row or target sets its own
     head_init: str = "random"  # every row's classification-head start unless the row sets its own (LP-FT: probe)
+    ensemble: bool = False  # untuned cells: a cell's seeds and arms trained together (harness.running.ensemble)
 
     @property
     def domains(self) -> tuple:

@@ -71,7 +71,8 @@ _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
-_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "pooling": str,
+_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "ensemble": bool,
+                 "pooling": str,
                  "similarity_head": str, "head_init": str}
 # keys of a closed set of values
 _CHOICES = {"pooling": POOLINGS, "similarity_head": SIMILARITY_HEADS, "head_init": HEAD_INITS}
@@ -113,6 +114,7 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
                     seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False),
+                    ensemble=meta.get("ensemble", False),
                     pooling=meta.get("pooling"), similarity_head=meta.get("similarity_head", "cross"),
                     head_init=meta.get("head_init", "random"))
     profile = _apply(empty, doc, profile_file, root, cache_dir)

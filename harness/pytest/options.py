@@ -49,9 +49,9 @@ OPTIONS = (
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model and shape bucket)", switch=True),
-    Option("--ensemble", "train a cell's seeds and both arms together as one stacked model (untuned cells; other "
-           "per-seed numbers than sequential training, reproducible for the same --seeds; README: Speed)",
-           switch=True),
+    Option("--ensemble", "train a cell's seeds and both arms together as one grouped model (untuned cells; other "
+           "per-seed numbers than sequential training, reproducible for the same --seeds; default in tiny; README: "
+           "Speed) | train them one after another", switch=True, negated="--no-ensemble"),
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
            "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),

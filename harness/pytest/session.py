@@ -183,7 +183,8 @@ class Session:
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
                                    compile=self.config.getoption("compile"),
-                                   ensemble=bool(self.config.getoption("ensemble")),
+                                   ensemble=p.ensemble if self.config.getoption("ensemble") is None
+                                   else self.config.getoption("ensemble"),
                                    tune=p.tune if self.config.getoption("tune") is None else self.config.getoption("tune"))
         return self._ctx
 

@@ -29,7 +29,7 @@ class RunContext:
     rerun: bool = False
     compile: bool = False  # torch.compile the model for training (pytest --compile)
     tune: bool = False  # per-arm selection on validation data (the profile's default; pytest --tune / --no-tune)
-    ensemble: bool = False  # untuned target training: all seeds and both arms as one stacked model (pytest --ensemble)
+    ensemble: bool = False  # untuned target training: all seeds and both arms as one grouped model (pytest --ensemble)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):
@@ -88,10 +88,14 @@ def _encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels,
                     lambda: cached_encoding(ctx.cache_dir, tokenizer, split, max_length, labels, separate))
 
 
-def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dict]:
+def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> tuple[dict, dict]:
     """The encoder after intermediate training for (model, task, seed): trained once, cached on disk.
 
     Returns the body weights and metadata (key, whether it was trained by this call, seconds, examples/s).
+    `together(models, data, seeds) -> infos` (harness.running.ensemble): the run's seeds train their intermediate
+    models as one group (its own cache key). The first seed of the group whose model is not cached trains them all
+    and, while it holds its lock, writes the folders of the seeds after it (locks are always taken in seed order,
+    so no two processes deadlock): a worker waiting on any of them finds them all; its `seconds` are the group's.
     """
     from safetensors.torch import load_file, save_file
 
@@ -99,38 +103,52 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int) -> tuple[dict, dic
     spec = p.models[cell.model]
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     tok = tokenizer_for(ctx, cell.model)
-    key = intermediate_key(ctx, cell, seed)
-    folder = ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{seed}-{key}"
+    group = list(ctx.seeds) if together is not None else None
+    folder_of = lambda s: ctx.cache_dir / "intermediate" / (  # noqa: E731
+        f"{cell.model}-{cell.task}-s{s}-{intermediate_key(ctx, cell, s, group)}")
     trained = {}
-
     pooling, head = cell_heads(p, cell)
+
+    def write(tmp: Path, model, info: dict, s: int) -> None:
+        save_file(body_state(model), str(tmp / "body.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps({"key": intermediate_key(ctx, cell, s, group), **info}, indent=1))
 
     def build(tmp: Path):
         num_labels = task_type(cell.task).num_labels(inter.labels)
-        model = build_model(spec, tok, num_labels, p.intermediate_train.max_length, seed, pooling, head)
         enc = _encode(ctx, tok, cell.model, inter.train, p.intermediate_train.max_length, inter.labels,
                       separate=head == "bi")
-        info = train(model, enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
-                     tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
-                     compile=ctx.compile)
-        save_file(body_state(model), str(tmp / "body.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps({"key": key, **info}, indent=1))
-        trained.update(info)
+        seeds = group or [seed]
+        models = [build_model(spec, tok, num_labels, p.intermediate_train.max_length, s, pooling, head)
+                  for s in seeds]
+        if together is None:
+            infos = [train(models[0], enc, p.intermediate_train, seed, ctx.device, tok.pad_token_id,
+                           tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
+                           compile=ctx.compile)]
+        else:
+            infos = together(models, enc, seeds)
+        for s, model, info in zip(seeds, models, infos):
+            if s == seed:
+                write(tmp, model, info, s)
+            elif seeds.index(s) > seeds.index(seed):
+                atomic_dir(folder_of(s), lambda t, m=model, i=info, s=s: write(t, m, i, s))
+        trained.update(infos[seeds.index(seed)], seconds=sum(i["seconds"] for i in infos))
 
-    atomic_dir(folder, build)
-    meta = {"key": key, "trained_here": bool(trained), "seconds": trained.get("seconds", 0.0),
-            "examples_per_s": trained.get("examples_per_s"), "examples": len(inter.train)}
+    folder = atomic_dir(folder_of(seed), build)
+    meta = {"key": intermediate_key(ctx, cell, seed, group), "trained_here": bool(trained),
+            "seconds": trained.get("seconds", 0.0), "examples_per_s": trained.get("examples_per_s"),
+            "examples": len(inter.train), **({"group": group} if group else {})}
     return load_file(str(folder / "body.safetensors")), meta
 
 
-def intermediate_key(ctx: RunContext, cell: Cell, seed: int) -> str:
-    """The cache key of a (model, task, seed) intermediate model: a function of the configuration only."""
+def intermediate_key(ctx: RunContext, cell: Cell, seed: int, group: list | None = None) -> str:
+    """The cache key of a (model, task, seed) intermediate model: a function of the configuration only (`group`:
+    the seeds it was trained together with, harness.running.ensemble)."""
     import transformers
     p = ctx.profile
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     return fingerprint("intermediate", p.models[cell.model].describe, inter.digest, p.intermediate_train, seed,
                        tokenizer_digest(tokenizer_for(ctx, cell.model)), precision(ctx.device), torch.__version__,
-                       transformers.__version__, *heads_key(p, cell))
+                       transformers.__version__, *heads_key(p, cell), *([{"ensemble": group}] if group else []))
 
 
 def heads_key(profile: Profile, cell: Cell) -> list:

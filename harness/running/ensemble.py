@@ -1,37 +1,47 @@
-"""Seeds trained together (issue 22, opt-in: pytest --ensemble): the untuned target training of a cell's arms,
-all seeds and both arms, as one stacked ensemble (torch.func.stack_module_state + vmap over functional_call), so
-a step does every member's work in one pass of larger kernels.
+"""Seeds trained together (issue 22; the default of untuned tiny cells, pytest --ensemble / --no-ensemble): the
+untuned target training of a cell's arms, all seeds and both arms, as one grouped model (harness.running.grouped:
+the members folded into the batch), so a step does every member's work in one pass of larger kernels.
 
 Each member keeps its own initialisation (build_model with its seed; the intermediate arm its seed's body), data
 order (numpy generator of its seed, as harness.running.train), loss, gradient clipping (per-member norm) and
 AdamW state (AdamW is elementwise: a stacked tensor's state is the members' states side by side). What members
 share: the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
 a member whose batch is short, the last one of an epoch, is padded with zero-weight rows) and the dropout
-generator (vmap randomness="different": each member gets its own masks, drawn from one generator seeded by the
-group). So a seed's numbers are not those of sequential training and depend on the group it trains in (the
-cell's seeds, part of the record's configuration key); the same group gives the same numbers on every run,
-alone or under xdist (CPU).
+generator (one generator seeded by the group draws every row's masks, so each member gets its own). So a seed's
+numbers are not those of sequential training and depend on the group it trains in (the cell's seeds, part of the
+record's configuration key); the same group gives the same numbers on every run, alone or under xdist (CPU).
 """
 from __future__ import annotations
 
-import copy
+import functools
 import math
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.running.models import SDPA_FAMILIES
+from harness.running.grouped import group
 from harness.running.train import autocast, eval_batches, length_grouped_batches, lengths_of
 
 
 def group_seed(seeds) -> int:
     """The dropout generator's seed of a group of member seeds (order matters: it is the members' order)."""
     return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
+
+
+def paired_steps(plans: list, lengths: np.ndarray, rng: np.random.Generator) -> list[tuple]:
+    """One epoch's steps: at each step every member's batch (plans[m]: member m's batches, in its random order).
+
+    Members' batches are paired by rank of width (longest example, then size), so the batches trained in one step
+    are about equally wide and little of the step goes to padding; the steps then come in an order drawn from `rng`
+    (the group's generator). Each member still sees its batches in a uniformly random order (its own batches,
+    ties broken by its own shuffle, under a uniformly random permutation of ranks): the same distribution of data
+    orders as sequential training, only correlated across the members of the group."""
+    ranked = [sorted(plan, key=lambda idx: (int(lengths[idx].max()), len(idx))) for plan in plans]
+    return [tuple(plan[r] for plan in ranked) for r in rng.permutation(len(ranked[0]))]
 
 
 def _pad(data: Encoded, batches: list, width: int, size: int, pad_id: int, left_pad: bool):
@@ -56,30 +66,26 @@ def _pad(data: Encoded, batches: list, width: int, size: int, pad_id: int, left_
 
 
 class Stacked:
-    """k models of one architecture as stacked parameters and a vmapped functional forward."""
+    """k models of one architecture as one grouped model (harness.running.grouped: the members folded into the
+    batch); `params` maps each parameter name to the members' stacked tensor [k, ...]."""
 
     def __init__(self, models: list, device, family: str):
         self.models, self.device = [m.to(device) for m in models], device
-        self.params, self.buffers = stack_module_state(self.models)
-        self.base = copy.deepcopy(self.models[0]).to("meta")
-        self.sdpa_mask = family in SDPA_FAMILIES  # those take a prepared 4D boolean mask (no data-dependent checks)
-
-    def _one(self, params, buffers, ids, mask, types):
-        kwargs = {"input_ids": ids}
-        if mask is not None:
-            kwargs["attention_mask"] = (mask[:, None, None, :].bool().expand(-1, 1, ids.shape[-1], -1)
-                                        if self.sdpa_mask else mask)
-        if types is not None:
-            kwargs["token_type_ids"] = types
-        return functional_call(self.base, (params, buffers), (), kwargs).logits
+        self.base = group(self.models, family).to(device)
+        self.params = self.base.stacked()
 
     def logits(self, ids, mask, types, shared: bool = False):
-        """[members, batch, labels]; `shared`: the same batch for every member (evaluation)."""
-        dims = None if shared else 0
-        in_dims = (0, 0, dims, None if mask is None else dims, None if types is None else dims)
-        with _attention(self.device), autocast(self.device):
-            return vmap(self._one, in_dims=in_dims, randomness="different")(self.params, self.buffers, ids, mask,
-                                                                           types)
+        """[members, batch, labels]; ids [members, batch, width], or [batch, width] with `shared`: the same batch
+        for every member (evaluation)."""
+        k = len(self.models)
+        rows = (lambda t: None if t is None else t.expand(k, *t.shape).reshape(-1, t.shape[-1])) if shared else \
+            (lambda t: None if t is None else t.reshape(-1, t.shape[-1]))
+        kwargs = {"attention_mask": rows(mask)} if mask is not None else {}
+        if types is not None:
+            kwargs["token_type_ids"] = rows(types)
+        with autocast(self.device):
+            out = self.base(rows(ids), **kwargs).logits
+        return out.view(k, -1, out.shape[-1])
 
     def write_back(self) -> None:
         """The trained stacked weights into each member model."""
@@ -87,19 +93,6 @@ class Stacked:
             for name, stacked in self.params.items():
                 for m, model in enumerate(self.models):
                     model.get_parameter(name).copy_(stacked[m])
-
-
-def _attention(device):
-    """SDPA's math backend under vmap on CPU: the fused CPU kernels have no batching rule, so vmap would run them
-    member by member (TRANSFER_BENCH_ENSEMBLE_SDPA=default keeps torch's choice; other devices keep it)."""
-    import contextlib
-    import os
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if torch.device(device).type != "cpu" or os.environ.get("TRANSFER_BENCH_ENSEMBLE_SDPA") == "default":
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _tensor(array, device):
@@ -115,6 +108,7 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
     torch.manual_seed(group_seed(seeds))
     k = len(models)
     rngs = [np.random.default_rng(s) for s in seeds]
+    order = np.random.default_rng(group_seed(seeds))  # the steps' order (paired_steps)
     for model in models:
         model.train()
     stack = Stacked(models, device, family)
@@ -130,8 +124,8 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
     regression = data.targets.dtype.kind == "f"
     losses, start = [], time.perf_counter()
     for _ in range(cfg.epochs):
-        plans = [length_grouped_batches(lengths, cfg.batch_size, rng) for rng in rngs]
-        for step in zip(*plans):
+        for step in paired_steps([length_grouped_batches(lengths, cfg.batch_size, rng) for rng in rngs], lengths,
+                                 order):
             width = int(max(lengths[idx].max() for idx in step))
             ids, mask, types, targets, weights = _pad(data, list(step), width, max(len(i) for i in step), pad_id,
                                                       left_pad)
@@ -192,9 +186,9 @@ def predict_together(models: list, family: str, data: Encoded, batch_size: int, 
 
 def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) -> dict:
     """Both arms of every seed of an untuned cell trained together: {(arm, seed): (model, info, intermediate
-    metadata or None)}, members in the
-    order (seed, arm) of the sequential loop; each intermediate member starts from its seed's intermediate body
-    (trained or read by harness.running.assets.intermediate_body, as in the sequential loop)."""
+    metadata or None)}, members in the order (seed, arm) of the sequential loop. Each intermediate member starts
+    from its seed's intermediate body, read from the cache or trained with the other seeds' intermediate models as
+    one group (harness.running.assets.intermediate_body with `together`)."""
     from harness.definitions.grid import ARMS
     from harness.running.assets import intermediate_body
     from harness.running.models import build_model
@@ -205,7 +199,9 @@ def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) 
         for arm in ARMS:
             model, meta = build_model(spec, tokenizer, num_labels, hp.max_length, seed), None
             if arm == "intermediate":
-                body, meta = intermediate_body(ctx, cell, seed)
+                body, meta = intermediate_body(ctx, cell, seed, together=functools.partial(
+                    _together, family=spec.family, cfg=ctx.profile.intermediate_train, device=ctx.device,
+                    pad_id=tokenizer.pad_token_id, left_pad=tokenizer.padding_side == "left"))
                 model.base_model.load_state_dict(body)
             members.append((arm, seed))
             models.append(model)
@@ -213,3 +209,9 @@ def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) 
     infos = train_together(models, spec.family, train_enc, hp, [seed for _, seed in members], ctx.device,
                            tokenizer.pad_token_id, tokenizer.padding_side == "left")
     return {member: (model, info, meta) for member, model, info, meta in zip(members, models, infos, metas)}
+
+
+def _together(models: list, data: Encoded, seeds: list, family: str, cfg: TrainConfig, device, pad_id: int,
+              left_pad: bool) -> list[dict]:
+    """train_together in the argument order harness.running.assets.intermediate_body calls it with."""
+    return train_together(models, family, data, cfg, seeds, device, pad_id, left_pad)
