@@ -47,8 +47,10 @@ CASES = {"tiny-bert": ("tiny", "bert"), "tiny-roberta": ("tiny", "roberta"), "ti
 ROUNDS = {"tiny": {"train": 7, "eval": 7}, "minilm": {"train": 3, "eval": 3}}
 MAX_TRAIN = {"minilm": 320}  # 20 steps of 16: a MiniLM round takes tens of seconds on 2 cores
 SEED = 0
-# test_ensemble_speed: k seeds, timed rounds (TRANSFER_BENCH_ENSEMBLE_ROUNDS overrides)
-ENSEMBLE = {"seeds": [0, 1, 2], "rounds": {"tiny": 3, "minilm": 1}}
+# test_ensemble_speed: the members a tiny cell trains together at each stage, with that stage's recipe (target:
+# 3 seeds x 2 arms, batch 16; intermediate: 3 seeds, batch 32), timed rounds (TRANSFER_BENCH_ENSEMBLE_ROUNDS
+# overrides); MiniLM (a tuned profile, which trains sequentially) at the intermediate stage only
+ENSEMBLE = {"members": {"target": [0, 1, 2, 3, 4, 5], "intermediate": [0, 1, 2]}, "rounds": {"tiny": 3, "minilm": 1}}
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Case:
     name: str
     spec: ModelConfig
     tokenizer: object
-    cfg: TrainConfig
+    cfg: TrainConfig  # the profile's intermediate recipe, one epoch
+    target_cfg: TrainConfig  # its target recipe, one epoch
     train: D.Encoded
     test: D.Encoded
     num_labels: int
@@ -90,7 +93,8 @@ def case(request, tmp_path_factory) -> Case:
         train_split = D.Split(train_split.file, train_split.texts[:MAX_TRAIN[kind]], None,
                               train_split.labels[:MAX_TRAIN[kind]])
     encode = lambda split: D.encode(tok, split, cfg.max_length, data.labels)  # noqa: E731
-    return Case(request.param, profile.models[model], tok, cfg, encode(train_split),
+    return Case(request.param, profile.models[model], tok, cfg, replace(profile.target_train, epochs=1),
+                encode(train_split),
                 encode(data.tests[data.spec.language]), len(data.labels), ROUNDS[kind], default_device())
 
 
@@ -177,25 +181,30 @@ def test_prediction_speed(case: Case, benchmark, speed_table, tmp_path):
     assert agreement >= 0.99, f"the same weights predict differently: {agreement:.3f} agreement"
 
 
-def test_ensemble_speed(case: Case, benchmark, speed_table):
-    """k seeds trained one after the other (harness.running.train) vs together (harness.running.ensemble, pytest
-    --ensemble), alternating rounds; the same models (one per seed), data and hyper-parameters. The models are
-    built with [CLS] pooling, the head --ensemble stacks (a mean-pooled MiniLM cell trains its seeds one after
-    another: harness.running.cell._stackable)."""
-    seeds, ours, theirs, done = ENSEMBLE["seeds"], [], {"sequential": []}, {}
+@pytest.mark.parametrize("stage", list(ENSEMBLE["members"]))
+def test_ensemble_speed(case: Case, stage: str, benchmark, speed_table):
+    """The members a cell trains together at `stage` (ENSEMBLE), one after the other (harness.running.train) vs
+    together (harness.running.ensemble: the tiny profile's default, pytest --ensemble), alternating rounds; the
+    same models (one per member seed), data (one epoch of the classification intermediate set) and the stage's
+    hyper-parameters. The models are built with [CLS] pooling, the head the grouped model trains (a mean-pooled
+    MiniLM cell trains its seeds one after another: harness.running.cell._stackable)."""
+    if case.name == "minilm" and stage == "target":
+        pytest.skip("MiniLM: the intermediate stage only (its profile is tuned and trains sequentially)")
+    seeds, ours, theirs, done = ENSEMBLE["members"][stage], [], {"sequential": []}, {}
+    cfg = case.target_cfg if stage == "target" else case.cfg
     pad, left = case.padding
-    fresh = lambda: [build_model(case.spec, case.tokenizer, case.num_labels, case.cfg.max_length, s,  # noqa: E731
+    fresh = lambda: [build_model(case.spec, case.tokenizer, case.num_labels, cfg.max_length, s,  # noqa: E731
                                  pooling="cls") for s in seeds]
 
     def sequential_round():
         models = fresh()
-        theirs["sequential"].append(clock(lambda: [train(m, case.train, case.cfg, s, case.device, pad, left)
+        theirs["sequential"].append(clock(lambda: [train(m, case.train, cfg, s, case.device, pad, left)
                                                    for m, s in zip(models, seeds)]))
         done["sequential"] = models
         return (fresh(),), {}
 
     def ensemble_round(models):
-        ours.append(clock(lambda: ensemble.train_together(models, case.spec.family, case.train, case.cfg, seeds,
+        ours.append(clock(lambda: ensemble.train_together(models, case.spec.family, case.train, cfg, seeds,
                                                           case.device, pad, left)))
         done["ensemble"] = models
 
@@ -203,9 +212,13 @@ def test_ensemble_speed(case: Case, benchmark, speed_table):
         ENSEMBLE["rounds"]["minilm" if case.name == "minilm" else "tiny"]
     benchmark.pedantic(ensemble_round, setup=sequential_round, rounds=rounds, warmup_rounds=1)
     accuracy_of = lambda models: [accuracy(case.test.targets, p) for p in ensemble.predict_together(  # noqa: E731
-        models, case.spec.family, case.test, case.cfg.eval_batch_size, case.device, pad, left)]
-    row = summarise(benchmark, speed_table, case, f"train x{len(seeds)} seeds", len(seeds) * len(case.train), ours,
-                    theirs, len(seeds) * flops.train_flops(done["ensemble"][0], lengths_of(case.train), 1),
+        models, case.spec.family, case.test, cfg.eval_batch_size, case.device, pad, left)]
+    examples = len(seeds) * len(case.train)
+    row = summarise(benchmark, speed_table, case, f"train {stage} x{len(seeds)}", examples, ours, theirs,
+                    len(seeds) * flops.train_flops(done["ensemble"][0], lengths_of(case.train), 1),
+                    members=len(seeds), batch_size=cfg.batch_size,
                     ensemble_accuracy=statistics.mean(accuracy_of(done["ensemble"])),
                     sequential_accuracy=statistics.mean(accuracy_of(done["sequential"])))
+    row["harness_ex_per_s_per_model"] = row["harness_ex_per_s"] / len(seeds)
+    benchmark.extra_info["harness_ex_per_s_per_model"] = row["harness_ex_per_s_per_model"]
     assert row["harness_ex_per_s"] > 0 and row["sequential_ex_per_s"] > 0

@@ -147,8 +147,8 @@ GRID = re.compile(r"^bench/test_transfer\.py::test_transfer\[[\w-]+\]$", re.M)
 
 @pytest.mark.parametrize("args,speed,grid", [
     (("bench",), 0, 27),
-    (("bench", "--benchmark-only"), 12, 27),  # training, prediction and ensemble speed of 4 models
-    (("bench/test_speed.py",), 12, 0),
+    (("bench", "--benchmark-only"), 16, 27),  # training and prediction speed of 4 models, ensemble x 2 stages
+    (("bench/test_speed.py",), 16, 0),
 ])
 def test_speed_benchmarks_stay_out_of_the_grid_run(inner_pytest, tiny_corpora, tmp_path, args, speed, grid):
     proc = inner_pytest(*args, "--collect-only", "-q", "-p", "no:hypothesispytest", "--data-dir", str(tiny_corpora),
