@@ -151,3 +151,20 @@ def test_grouped_model_computes_what_each_member_computes(family):
         own.sum().backward()
         for name, p in stacked.items():
             torch.testing.assert_close(p.grad[m], member.get_parameter(name).grad, atol=1e-5, rtol=1e-4)
+
+
+def test_the_profile_table_sets_it_and_a_non_boolean_is_refused(tmp_path):
+    from harness.definitions import profiles
+    from harness.definitions.specfile import SpecError, read_profile
+
+    rows = '\n[models]\nbert = "x"\nroberta = "y"\nxlnet = "z"\n'
+    path = tmp_path / "mine.toml"
+    path.write_text("[profile]\nensemble = true\n" + rows)
+    assert read_profile(path, "mine", None, tmp_path).ensemble is True
+    path.write_text(rows)
+    assert read_profile(path, "mine", None, tmp_path).ensemble is False
+    path.write_text('[profile]\nensemble = "yes"\n' + rows)
+    with pytest.raises(SpecError) as err:
+        read_profile(path, "mine", None, tmp_path)
+    assert str(err.value) == f"{path}: [profile] key 'ensemble': must be a non-empty bool, got 'yes'"
+    assert profiles.tiny(None, tmp_path).ensemble is True  # the tiny default (README: Speed)

@@ -1,6 +1,7 @@
 """Seeds trained together (issue 22; the default of untuned tiny cells, pytest --ensemble / --no-ensemble): the
 untuned target training of a cell's arms, all seeds and both arms, as one grouped model (harness.running.grouped:
-the members folded into the batch), so a step does every member's work in one pass of larger kernels.
+the members folded into the batch), so a step does every member's work in one pass of larger kernels; likewise
+the intermediate models of the run's seeds (harness.running.assets.intermediate_body with `together`).
 
 Each member keeps its own initialisation (build_model with its seed; the intermediate arm its seed's body), data
 order (numpy generator of its seed, as harness.running.train), loss, gradient clipping (per-member norm) and
