@@ -49,7 +49,8 @@ OPTIONS = (
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model and shape bucket)", switch=True),
-    Option("--ensemble", "train a cell's seeds and both arms together as one grouped model (untuned cells; other "
+    Option("--ensemble", "train a cell's seeds and both arms together as one grouped model, and the seeds' "
+           "intermediate models as another (untuned cells; other "
            "per-seed numbers than sequential training, reproducible for the same --seeds; default in tiny; README: "
            "Speed) | train them one after another", switch=True, negated="--no-ensemble"),
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "

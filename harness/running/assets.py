@@ -29,7 +29,7 @@ class RunContext:
     rerun: bool = False
     compile: bool = False  # torch.compile the model for training (pytest --compile)
     tune: bool = False  # per-arm selection on validation data (the profile's default; pytest --tune / --no-tune)
-    ensemble: bool = False  # untuned target training: all seeds and both arms as one grouped model (pytest --ensemble)
+    ensemble: bool = False  # untuned cells: seeds and arms (and the seeds' intermediate models) grouped (--ensemble)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):
@@ -92,7 +92,7 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> 
     """The encoder after intermediate training for (model, task, seed): trained once, cached on disk.
 
     Returns the body weights and metadata (key, whether it was trained by this call, seconds, examples/s).
-    `together(models, data, seeds) -> infos` (harness.running.ensemble): the run's seeds train their intermediate
+    `together(models, data=, seeds=) -> infos` (harness.running.ensemble.train_together with the rest bound): the run's seeds train their intermediate
     models as one group (its own cache key). The first seed of the group whose model is not cached trains them all
     and, while it holds its lock, writes the folders of the seeds after it (locks are always taken in seed order,
     so no two processes deadlock): a worker waiting on any of them finds them all; its `seconds` are the group's.
@@ -104,14 +104,14 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> 
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     tok = tokenizer_for(ctx, cell.model)
     group = list(ctx.seeds) if together is not None else None
-    folder_of = lambda s: ctx.cache_dir / "intermediate" / (  # noqa: E731
-        f"{cell.model}-{cell.task}-s{s}-{intermediate_key(ctx, cell, s, group)}")
+    keys = {s: intermediate_key(ctx, cell, s, group) for s in group or [seed]}
+    folder_of = lambda s: ctx.cache_dir / "intermediate" / f"{cell.model}-{cell.task}-s{s}-{keys[s]}"  # noqa: E731
     trained = {}
     pooling, head = cell_heads(p, cell)
 
     def write(tmp: Path, model, info: dict, s: int) -> None:
         save_file(body_state(model), str(tmp / "body.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps({"key": intermediate_key(ctx, cell, s, group), **info}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({"key": keys[s], **info}, indent=1))
 
     def build(tmp: Path):
         num_labels = task_type(cell.task).num_labels(inter.labels)
@@ -125,7 +125,7 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> 
                            tok.padding_side == "left", desc=f"{cell.model}-{cell.task} intermediate s{seed}",
                            compile=ctx.compile)]
         else:
-            infos = together(models, enc, seeds)
+            infos = together(models, data=enc, seeds=seeds)
         for s, model, info in zip(seeds, models, infos):
             if s == seed:
                 write(tmp, model, info, s)
@@ -134,7 +134,7 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> 
         trained.update(infos[seeds.index(seed)], seconds=sum(i["seconds"] for i in infos))
 
     folder = atomic_dir(folder_of(seed), build)
-    meta = {"key": intermediate_key(ctx, cell, seed, group), "trained_here": bool(trained),
+    meta = {"key": keys[seed], "trained_here": bool(trained),
             "seconds": trained.get("seconds", 0.0), "examples_per_s": trained.get("examples_per_s"),
             "examples": len(inter.train), **({"group": group} if group else {})}
     return load_file(str(folder / "body.safetensors")), meta

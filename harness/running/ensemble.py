@@ -195,24 +195,18 @@ def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) 
     from harness.running.models import build_model
 
     hp = ctx.profile.target_train
+    pad, left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
+    together = functools.partial(train_together, family=spec.family, cfg=ctx.profile.intermediate_train,
+                                 device=ctx.device, pad_id=pad, left_pad=left)  # the intermediate group
     members, models, metas = [], [], []
     for seed in ctx.seeds:
         for arm in ARMS:
             model, meta = build_model(spec, tokenizer, num_labels, hp.max_length, seed), None
             if arm == "intermediate":
-                body, meta = intermediate_body(ctx, cell, seed, together=functools.partial(
-                    _together, family=spec.family, cfg=ctx.profile.intermediate_train, device=ctx.device,
-                    pad_id=tokenizer.pad_token_id, left_pad=tokenizer.padding_side == "left"))
+                body, meta = intermediate_body(ctx, cell, seed, together=together)
                 model.base_model.load_state_dict(body)
             members.append((arm, seed))
             models.append(model)
             metas.append(meta)
-    infos = train_together(models, spec.family, train_enc, hp, [seed for _, seed in members], ctx.device,
-                           tokenizer.pad_token_id, tokenizer.padding_side == "left")
+    infos = train_together(models, spec.family, train_enc, hp, [seed for _, seed in members], ctx.device, pad, left)
     return {member: (model, info, meta) for member, model, info, meta in zip(members, models, infos, metas)}
-
-
-def _together(models: list, data: Encoded, seeds: list, family: str, cfg: TrainConfig, device, pad_id: int,
-              left_pad: bool) -> list[dict]:
-    """train_together in the argument order harness.running.assets.intermediate_body calls it with."""
-    return train_together(models, family, data, cfg, seeds, device, pad_id, left_pad)

@@ -11,9 +11,8 @@ on each row of the batch alone, so it runs unchanged on a batch of k x B rows wh
 the next B to member 1, and so on. Where a family's layers keep the batch on dimension 1 (XLNet: [length, batch,
 hidden]), the grouped modules are told so (`batch_dim`).
 
-Compared with vmap over functional_call (torch.func), this does the same arithmetic in the same number of kernel
-calls as one model, with no batching-rule overhead: on a 2-core CPU a tiny-model step of 6 members costs far less
-than 6 steps (bench/test_speed.py::test_ensemble_speed measures it).
+Compared with vmap over functional_call (torch.func), this does the same arithmetic in about as many kernel calls
+as one model, with no batching-rule overhead (bench/test_speed.py::test_ensemble_speed measures the gain).
 """
 from __future__ import annotations
 
@@ -25,10 +24,9 @@ from torch import nn
 
 
 class _Rows:
-    """The batch layout shared by a grouped model's modules: members k, rows per member (set per forward)."""
+    """The batch layout shared by a grouped model's modules: rows per member (set per forward)."""
 
-    def __init__(self, k: int):
-        self.k, self.per_member = k, None
+    per_member: int | None = None
 
 
 def _split(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
@@ -152,7 +150,7 @@ class GroupedModel(nn.Module):
         from transformers.models.xlnet.modeling_xlnet import XLNetRelativeAttention
 
         self.k = len(models)
-        rows = self._rows = _Rows(self.k)
+        rows = self._rows = _Rows()
         model = copy.deepcopy(models[0])
         kinds = (nn.Linear, nn.LayerNorm, nn.Embedding, XLNetRelativeAttention)
         names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
