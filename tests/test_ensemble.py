@@ -168,3 +168,62 @@ def test_the_profile_table_sets_it_and_a_non_boolean_is_refused(tmp_path):
         read_profile(path, "mine", None, tmp_path)
     assert str(err.value) == f"{path}: [profile] key 'ensemble': must be a non-empty bool, got 'yes'"
     assert profiles.tiny(None, tmp_path).ensemble is True  # the tiny default (README: Speed)
+
+
+def test_grouped_dropout_draws_its_own_reproducible_masks():
+    """GroupedDropout (CPU): keep masks from the group's numpy stream, scaled by 1/(1-p) as F.dropout; the same
+    seed gives the same masks, another seed others; eval mode and p=0 leave the input as it is."""
+    from harness.running.grouped import GroupedDropout, _Masks
+
+    x = torch.ones(64, 50, requires_grad=True)
+    drop = GroupedDropout(0.25, _Masks(7)).train()
+    y = drop(x)
+    kept = y.detach() != 0
+    assert 0.70 < kept.float().mean().item() < 0.80  # 3,200 draws at p = 0.25
+    torch.testing.assert_close(y.detach()[kept], torch.full((int(kept.sum()),), 1 / 0.75))
+    y.sum().backward()  # the gradient goes through the kept elements only, scaled
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert torch.equal(GroupedDropout(0.25, _Masks(7)).train()(x.detach()), y.detach())
+    assert not torch.equal(GroupedDropout(0.25, _Masks(8)).train()(x.detach()), y.detach())
+    assert drop.eval()(x) is x and GroupedDropout(0.0, _Masks(7)).train()(x) is x
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_attention_is_sdpa_with_the_streams_probability_dropout(masked):
+    """The attention of a grouped BERT/RoBERTa (training, CPU): SDPA's arithmetic with the probabilities dropped by
+    the group's stream. With a stream that keeps everything it equals transformers' SDPA attention (no dropout),
+    with and without a padding mask; without a stream it is SDPA itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from harness.running.grouped import GroupedDropout, _attention, _Masks
+
+    class KeepAll(_Masks):
+        def drop(self, x, p):
+            self.seen = tuple(x.shape)
+            return x
+
+    rng = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=rng) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+        mask[0, ..., 5:] = False  # padding: the last two keys of the first row
+    module = torch.nn.Module()
+    module.is_causal, module.dropout = False, GroupedDropout(0.1, KeepAll(0))
+    ours, _ = _attention(module, q, k, v, mask, dropout=0.1, scaling=0.3)
+    assert module.dropout.masks.seen == (3, 2, 7, 7)  # the probabilities went through the stream
+    reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    plain = torch.nn.Module()
+    plain.is_causal, plain.dropout = False, torch.nn.Dropout(0.0)
+    torch.testing.assert_close(_attention(plain, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
+
+
+def test_grouped_bert_trains_with_the_streams_dropout():
+    """A grouped BERT copy uses the grouped attention and GroupedDropout for every dropout of the members."""
+    from harness.running.grouped import ATTENTION, GroupedDropout, group
+
+    grouped = group([model("bert", s) for s in (0, 1)], "bert", seed=5)
+    assert grouped.model.config._attn_implementation == ATTENTION
+    assert not any(type(m) is torch.nn.Dropout for m in grouped.modules())
+    assert sum(isinstance(m, GroupedDropout) for m in grouped.modules()) >= 4

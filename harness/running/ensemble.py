@@ -70,9 +70,9 @@ class Stacked:
     """k models of one architecture as one grouped model (harness.running.grouped: the members folded into the
     batch); `params` maps each parameter name to the members' stacked tensor [k, ...]."""
 
-    def __init__(self, models: list, device, family: str):
+    def __init__(self, models: list, device, family: str, seed: int = 0):
         self.models, self.device = [m.to(device) for m in models], device
-        self.base = group(self.models, family).to(device)
+        self.base = group(self.models, family, seed).to(device)
         self.params = self.base.stacked()
 
     def logits(self, ids, mask, types, shared: bool = False):
@@ -112,7 +112,7 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
     order = np.random.default_rng(group_seed(seeds))  # the steps' order (paired_steps)
     for model in models:
         model.train()
-    stack = Stacked(models, device, family)
+    stack = Stacked(models, device, family, group_seed(seeds))
     stack.base.train()
     lengths = lengths_of(data)
     per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -157,7 +157,8 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
 def _clip(params: list, max_norm: float) -> None:
     """clip_grad_norm_ per member: each member's gradient norm over all its tensors (dim 0 is the member)."""
     grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
+                                     dim=0)
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, [coef.view(-1, *([1] * (g.ndim - 1))) for g in grads])
 
