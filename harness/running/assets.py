@@ -15,6 +15,7 @@ from harness.definitions.grid import Cell
 from harness.definitions.tasks import task_type
 from harness.running.cache import atomic_dir, cached_encoding, file_digest, fingerprint, tokenizer_digest
 from harness.running.devices import precision
+from harness.running.grouped import STREAM
 from harness.running.models import body_state, build_model, cell_heads, load_tokenizer
 from harness.running.train import train
 
@@ -148,7 +149,8 @@ def intermediate_key(ctx: RunContext, cell: Cell, seed: int, group: list | None 
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)
     return fingerprint("intermediate", p.models[cell.model].describe, inter.digest, p.intermediate_train, seed,
                        tokenizer_digest(tokenizer_for(ctx, cell.model)), precision(ctx.device), torch.__version__,
-                       transformers.__version__, *heads_key(p, cell), *([{"ensemble": group}] if group else []))
+                       transformers.__version__, *heads_key(p, cell),
+                       *([{"ensemble": group, "dropout": STREAM}] if group else []))
 
 
 def heads_key(profile: Profile, cell: Cell) -> list:

@@ -20,7 +20,7 @@ import torch
 from harness.definitions.grid import ARMS, Cell
 from harness.definitions.metrics import FUNCTIONS, main_metric, score
 from harness.definitions.tasks import task_type
-from harness.running import ensemble, flops, frozen, lpft, tuning
+from harness.running import ensemble, flops, frozen, grouped, lpft, tuning
 from harness.running.assets import (Loaded, RunContext, _encode, heads_key, intermediate_body, load_dataset,
                                     tokenizer_for)
 from harness.running.cache import fingerprint
@@ -266,7 +266,7 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        (["ensemble"] if ctx.ensemble and _stackable(ctx, cell) else []) + \
+        ([{"ensemble": grouped.STREAM}] if ctx.ensemble and _stackable(ctx, cell) else []) + \
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),

@@ -8,7 +8,8 @@ order (numpy generator of its seed, as harness.running.train), loss, gradient cl
 AdamW state (AdamW is elementwise: a stacked tensor's state is the members' states side by side). What members
 share: the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
 a member whose batch is short, the last one of an epoch, is padded with zero-weight rows) and the dropout
-generator (one generator seeded by the group draws every row's masks, so each member gets its own). So a seed's
+stream (one generator seeded by the group draws every row's masks, so each member gets its own: on CPU a numpy
+generator, harness.running.grouped.GroupedDropout). So a seed's
 numbers are not those of sequential training and depend on the group it trains in (the cell's seeds, part of the
 record's configuration key); the same group gives the same numbers on every run, alone or under xdist (CPU).
 """

@@ -39,6 +39,9 @@ def _split(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     return x.view(*s[:dim], k, s[dim] // k, *s[dim + 1:])
 
 
+STREAM = "numpy-pcg64"  # the grouped models' dropout stream on CPU: in the cell and intermediate cache keys
+
+
 class _Masks:
     """A grouped model's dropout stream on CPU: keep masks drawn with numpy (PCG64) from the group's seed."""
 
