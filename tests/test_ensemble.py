@@ -223,7 +223,16 @@ def test_grouped_bert_trains_with_the_streams_dropout():
     """A grouped BERT copy uses the grouped attention and GroupedDropout for every dropout of the members."""
     from harness.running.grouped import ATTENTION, GroupedDropout, group
 
-    grouped = group([model("bert", s) for s in (0, 1)], "bert", seed=5)
+    members = [model("bert", s) for s in (0, 1)]
+    grouped = group(members, "bert", seed=5)
     assert grouped.model.config._attn_implementation == ATTENTION
+    assert all(m.config._attn_implementation == "sdpa" for m in members)  # the members themselves unchanged
     assert not any(type(m) is torch.nn.Dropout for m in grouped.modules())
     assert sum(isinstance(m, GroupedDropout) for m in grouped.modules()) >= 4
+
+
+def test_a_layer_norm_without_scale_or_shift_is_refused_in_one_line():
+    from harness.running.grouped import GroupedLayerNorm
+
+    with pytest.raises(NotImplementedError, match="without a scale or shift.*--no-ensemble"):
+        GroupedLayerNorm([torch.nn.LayerNorm(4, elementwise_affine=False) for _ in range(2)])

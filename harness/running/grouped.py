@@ -121,6 +121,9 @@ class GroupedLinear(nn.Module):
 class GroupedLayerNorm(nn.Module):
     def __init__(self, mods: list, batch_dim: int = 0):
         super().__init__()
+        if any(m.weight is None or m.bias is None for m in mods):
+            raise NotImplementedError("grouped LayerNorm: a layer norm without a scale or shift "
+                                      "(elementwise_affine=False or bias=False); train this model with --no-ensemble")
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in mods]))  # [k, hidden]
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in mods]))
         self.eps, self.shape, self.batch_dim = mods[0].eps, tuple(mods[0].normalized_shape), batch_dim
@@ -239,7 +242,7 @@ class GroupedModel(nn.Module):
             if isinstance(mod, nn.Dropout):
                 parent, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, leaf, GroupedDropout(mod.p, masks))
-        if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        if getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa":
             _register_attention()
             model.config._attn_implementation = ATTENTION
         for name, p in model.named_parameters():
