@@ -192,7 +192,7 @@ def test_grouped_dropout_draws_its_own_reproducible_masks():
 def test_grouped_attention_is_sdpa_with_the_streams_probability_dropout(masked):
     """The attention of a grouped BERT/RoBERTa (training, CPU): SDPA's arithmetic with the probabilities dropped by
     the group's stream. With a stream that keeps everything it equals transformers' SDPA attention (no dropout),
-    with and without a padding mask; without a stream it is SDPA itself."""
+    with and without a padding mask; with nothing to drop it is SDPA itself and draws nothing from the stream."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from harness.running.grouped import GroupedDropout, _attention, _Masks
@@ -214,9 +214,10 @@ def test_grouped_attention_is_sdpa_with_the_streams_probability_dropout(masked):
     assert module.dropout.masks.seen == (3, 2, 7, 7)  # the probabilities went through the stream
     reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
-    plain = torch.nn.Module()
-    plain.is_causal, plain.dropout = False, torch.nn.Dropout(0.0)
-    torch.testing.assert_close(_attention(plain, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
+    idle = torch.nn.Module()  # eval mode or p = 0: the attention passes dropout=0.0
+    idle.is_causal, idle.dropout = False, GroupedDropout(0.1, KeepAll(0))
+    torch.testing.assert_close(_attention(idle, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
+    assert not hasattr(idle.dropout.masks, "seen")
 
 
 def test_grouped_bert_trains_with_the_streams_dropout():

@@ -93,10 +93,11 @@ def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> 
     """The encoder after intermediate training for (model, task, seed): trained once, cached on disk.
 
     Returns the body weights and metadata (key, whether it was trained by this call, seconds, examples/s).
-    `together(models, data=, seeds=) -> infos` (harness.running.ensemble.train_together with the rest bound): the run's seeds train their intermediate
-    models as one group (its own cache key). The first seed of the group whose model is not cached trains them all
-    and, while it holds its lock, writes the folders of the seeds after it (locks are always taken in seed order,
-    so no two processes deadlock): a worker waiting on any of them finds them all; its `seconds` are the group's.
+    `together(models, data=, seeds=) -> infos` (harness.running.ensemble.train_together with the rest bound): the
+    run's seeds train their intermediate models as one group (its own cache key). The first seed of the group whose
+    model is not cached trains them all and, while it holds its lock, writes the folders of the seeds after it
+    (locks are always taken in seed order, so no two processes deadlock): a worker waiting on any of them finds
+    them all; its `seconds` are the group's.
     """
     from safetensors.torch import load_file, save_file
 

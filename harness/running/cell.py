@@ -82,7 +82,7 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     stackable = _stackable(ctx, cell)
     if ctx.ensemble and not stackable:
         log.info("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head started at random; "
-                    "training its seeds one after another", cell.id)
+                 "training its seeds one after another", cell.id)
     together = ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc) if ctx.ensemble and stackable else {}
     for seed in ctx.seeds:
         for arm in ARMS:
