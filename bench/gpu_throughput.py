@@ -10,16 +10,16 @@ Without a GPU (or with --smoke) it runs the same code on tiny shapes on the CPU,
 No download, no `datasets`: the model is BertConfig()'s bert-base shape (110M parameters) randomly initialised,
 the data random token ids with lengths uniform in [max_length/8, max_length]. Each setting runs in a fresh
 process (so its first epoch pays what a fresh run pays: attention plans, probes, compilation; CUDA's context and
-cuBLAS are warmed up first, for every setting alike), through harness.running.train one epoch at a time on one model per
+cuBLAS are warmed up first, for every setting alike), through harness.training.loop one epoch at a time on one model per
 batch size; its batch sizes run one after the other in that process. Settings:
 - exact: batches padded to their longest example, torch's own SDPA backend choice (the GPU path before issue 15);
 - b8, b16, b32: widths rounded up to multiples of 8/16/32 and the SDPA backends chosen by the probe
-  (harness.running.attention); b16 is the harness's GPU default (harness.running.buckets.GPU_MULTIPLE);
+  (harness.training.attention); b16 is the harness's GPU default (harness.training.buckets.GPU_MULTIPLE);
 - compile (with --compile; minutes, not seconds): b16 with compiled steps, one graph per bucket;
 - trainer: Trainer (bf16 where the harness uses it, SDPA, dynamic padding), one trainer.train() per epoch;
-- ensemble: three seeds' models trained together (harness.running.ensemble, pytest --ensemble); its examples/s
+- ensemble: three seeds' models trained together (harness.training.together, pytest --ensemble); its examples/s
   and MFU count the three models' work (compare with 3 x b16's seconds for the same work).
-MFU counts real tokens only (harness.running.flops) against the data-sheet dense peak of the precision in use. After the
+MFU counts real tokens only (harness.training.flops) against the data-sheet dense peak of the precision in use. After the
 table, the top kernels of a few training steps of b16 at the largest batch size (what limits MFU). The settings
 that leave them alone take TRANSFER_BENCH_SDPA / TRANSFER_BENCH_BUCKETS from the caller, e.g.
 `TRANSFER_BENCH_SDPA=flash,efficient,math python bench/gpu_throughput.py --settings b16,trainer`.
@@ -43,12 +43,12 @@ import torch
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.running import attention, flops
-from harness.running import train as loop
-from harness.running.devices import precision
+from harness.training import attention, flops
+from harness.training import loop
+from harness.training.devices import precision
 
 log = logging.getLogger("gpu_throughput")
-SETTINGS = {  # key: (label, environment of its process: harness.running.buckets and harness.running.attention read it)
+SETTINGS = {  # key: (label, environment of its process: harness.training.buckets and harness.training.attention read it)
     "exact": ("exact widths", {"TRANSFER_BENCH_BUCKETS": "exact", "TRANSFER_BENCH_SDPA": "default"}),
     "b8": ("buckets of 8", {"TRANSFER_BENCH_BUCKETS": "8"}),
     "b16": ("buckets of 16 (default)", {}),
@@ -106,7 +106,7 @@ def peak_gib(device: str) -> float | None:
 
 
 def harness_epochs(key: str, model, data: Encoded, cfg: TrainConfig, opts: Options):
-    """(seconds, peak GiB, graphs compiled) of each epoch through harness.running.train (probe and compilation included)."""
+    """(seconds, peak GiB, graphs compiled) of each epoch through harness.training.loop (probe and compilation included)."""
     for epoch in range(opts.epochs):
         if opts.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -117,8 +117,8 @@ def harness_epochs(key: str, model, data: Encoded, cfg: TrainConfig, opts: Optio
 
 
 def ensemble_epochs(models: list, data: Encoded, cfg: TrainConfig, opts: Options):
-    """(seconds, peak GiB, None) of each epoch of the models trained together (harness.running.ensemble)."""
-    from harness.running.ensemble import train_together
+    """(seconds, peak GiB, None) of each epoch of the models trained together (harness.training.together)."""
+    from harness.training.together import train_together
 
     for epoch in range(opts.epochs):
         if opts.device.startswith("cuda"):

@@ -3,7 +3,7 @@
     python bench/parity.py [--cases tiny-bert tiny-roberta tiny-xlnet minilm] [--seeds 10] [--data-dir DIR]
 
 Each case and seed fine-tunes one initial model three ways (bench/reference.py: compare_loops):
-- harness: harness.running.train, length-grouped batches;
+- harness: harness.training.loop, length-grouped batches;
 - trainer_same_batches: Trainer fed the harness's batches, with its own loop, optimizer, scheduler and collator;
   any difference from `harness` is the loops' own (weight_diff: the largest weight difference after training);
 - trainer: Trainer with its own random sampler, as run_glue.py runs it; the difference from `harness` is the

@@ -1,4 +1,4 @@
-"""Hugging Face `Trainer` on the same model, data and hyper-parameters as harness.running.train: the reference that the
+"""Hugging Face `Trainer` on the same model, data and hyper-parameters as harness.training.loop: the reference that the
 parity test (tests/test_trainer_parity.py) and the speed benchmark (bench/test_speed.py) compare the loop with.
 
 Trainer is set up as its users set it up (run_glue style): DataCollatorWithPadding, padding each batch to its
@@ -7,7 +7,7 @@ Trainer's default optimizer (fused AdamW, no weight decay on biases and LayerNor
 same learning rate, linear warm-up steps, weight decay, gradient clipping, batch sizes and epochs; bf16 where the
 harness uses it. Logging, checkpoints and reporting integrations are off so they cost nothing.
 
-`same_batches=True` hands Trainer the harness's batches (harness.running.train.length_grouped_batches, the same seed,
+`same_batches=True` hands Trainer the harness's batches (harness.training.loop.length_grouped_batches, the same seed,
 epoch after epoch) in place of its random sampler; everything else stays Trainer's: its loop, optimizer,
 scheduler, clipping, collator and dropout draws. With the same seed both sides then see the same examples in
 the same order and start from the same torch RNG state, so what is left between them is the loops themselves.
@@ -23,7 +23,7 @@ import numpy as np
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
 from harness.definitions.tasks import task_type
-from harness.running.devices import precision
+from harness.training.devices import precision
 
 
 def to_dataset(data: Encoded, with_labels: bool = True):
@@ -42,7 +42,7 @@ def to_dataset(data: Encoded, with_labels: bool = True):
 
 
 class HarnessBatches:
-    """A batch sampler yielding harness.running.train's length-grouped batches: a new epoch's batches per iteration,
+    """A batch sampler yielding harness.training.loop's length-grouped batches: a new epoch's batches per iteration,
     drawn from one generator seeded with `seed`, as train() draws them."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
@@ -50,7 +50,7 @@ class HarnessBatches:
         self.rng = np.random.default_rng(seed)
 
     def __iter__(self):
-        from harness.running.train import length_grouped_batches
+        from harness.training.loop import length_grouped_batches
 
         return iter([b.tolist() for b in length_grouped_batches(self.lengths, self.batch_size, self.rng)])
 
@@ -69,7 +69,7 @@ def make_trainer(model, tokenizer, data: Encoded, cfg: TrainConfig, seed: int, o
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
 
-            from harness.running.train import lengths_of
+            from harness.training.loop import lengths_of
 
             sampler = HarnessBatches(lengths_of(data), cfg.batch_size, seed)
             # its own generator: the loader's per-epoch seed draw must not move the global RNG (dropout's)
@@ -101,12 +101,12 @@ LOOPS = ("harness", "trainer_same_batches", "trainer")
 def compare_loops(case: "ParityCase", seed: int, output_dir, arms=LOOPS) -> dict:
     """Fine-tune the same initial model (`seed`) on `case` with each arm, on CPU, and score it on its test set.
 
-    Arms: `harness` (harness.running.train), `trainer_same_batches` (Trainer on the harness's batches) and `trainer`
+    Arms: `harness` (harness.training.loop), `trainer_same_batches` (Trainer on the harness's batches) and `trainer`
     (Trainer with its own random sampler). Returns {arm: the task's main metric} and, when the first two both
     ran, `weight_diff`: the largest absolute difference between their trained weights (0.0: the same numbers)."""
     from harness.definitions.metrics import score
-    from harness.running.models import build_model
-    from harness.running.train import predict, train
+    from harness.training.models import build_model
+    from harness.training.loop import predict, train
 
     unknown = [a for a in arms if a not in LOOPS]
     if unknown:
@@ -156,8 +156,8 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
     from harness.definitions import data as D
     from harness.definitions.config import DatasetConfig
     from harness.definitions.profiles import load_profile
-    from harness.running.assets import RunContext, load_dataset, tokenizer_for
-    from harness.running.models import load_tokenizer
+    from harness.running.context import RunContext, load_dataset, tokenizer_for
+    from harness.training.tokenizers import load_tokenizer
 
     if name not in PARITY_CASES:
         raise ValueError(f"unknown parity case {name!r}: expected one of {', '.join(PARITY_CASES)}")
@@ -166,7 +166,7 @@ def parity_case(name: str, data_dir: Path | None, cache_dir: Path) -> ParityCase
         ctx = RunContext(profile, Path(cache_dir) / "parity-results", Path(cache_dir), seeds=[0])
         data = load_dataset(ctx, profile.targets[("classification", "general")])
         tok, cfg = tokenizer_for(ctx, name[5:]), profile.target_train
-        enc = [D.encode(tok, s, cfg.max_length, data.labels) for s in (data.train, data.tests[data.spec.language])]
+        enc = [D.encode(tok, s, cfg.max_length, data.labels) for s in (data.train, data.tests[data.dataset.language])]
         return ParityCase(name, profile.models[name[5:]], tok, *enc, "classification", len(data.labels), cfg)
     profile = load_profile("minilm", data_dir, cache_dir)  # a one-line ValueError without data or weights
 

@@ -33,12 +33,15 @@ from harness.definitions import data as D
 from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
-from harness.running import ensemble, flops
-from harness.running.assets import RunContext, load_dataset, tokenizer_for
-from harness.running.devices import default_device, precision, threads_per_worker, usable_cores
-from harness.running.models import build_model
+from harness.training import flops, together
+from harness.running.context import RunContext, load_dataset, tokenizer_for
+from harness.training.devices import default_device, precision, threads_per_worker, usable_cores
+from harness.training.models import build_model
 from reference import make_trainer, trainer_predict
-from harness.running.train import lengths_of, predict, train
+from harness.training.loop import lengths_of, predict, train
+
+pytest.importorskip("pytest_benchmark", reason="the speed benchmarks need the test extra: pip install -e '.[test]'")
+pytest.importorskip("accelerate", reason="Hugging Face Trainer needs accelerate (the test extra)")
 
 log = logging.getLogger("harness.speed")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -95,7 +98,7 @@ def case(request, tmp_path_factory) -> Case:
     encode = lambda split: D.encode(tok, split, cfg.max_length, data.labels)  # noqa: E731
     return Case(request.param, profile.models[model], tok, cfg, replace(profile.target_train, epochs=1),
                 encode(train_split),
-                encode(data.tests[data.spec.language]), len(data.labels), ROUNDS[kind], default_device())
+                encode(data.tests[data.dataset.language]), len(data.labels), ROUNDS[kind], default_device())
 
 
 def clock(run) -> tuple[float, float]:
@@ -183,8 +186,8 @@ def test_prediction_speed(case: Case, benchmark, speed_table, tmp_path):
 
 @pytest.mark.parametrize("stage", list(ENSEMBLE["members"]))
 def test_ensemble_speed(case: Case, stage: str, benchmark, speed_table):
-    """The members a cell trains together at `stage` (ENSEMBLE), one after the other (harness.running.train) vs
-    together (harness.running.ensemble: the tiny profile's default, pytest --ensemble), alternating rounds; the
+    """The members a cell trains together at `stage` (ENSEMBLE), one after the other (harness.training.loop) vs
+    together (harness.training.together: the tiny profile's default, pytest --ensemble), alternating rounds; the
     same models (one per member seed), data (one epoch of the classification intermediate set) and the stage's
     hyper-parameters. The models are built with [CLS] pooling, the head the grouped model trains (a mean-pooled
     MiniLM cell trains its seeds one after another: harness.running.cell._stackable)."""
@@ -204,14 +207,14 @@ def test_ensemble_speed(case: Case, stage: str, benchmark, speed_table):
         return (fresh(),), {}
 
     def ensemble_round(models):
-        ours.append(clock(lambda: ensemble.train_together(models, case.spec.family, case.train, cfg, seeds,
+        ours.append(clock(lambda: together.train_together(models, case.spec.family, case.train, cfg, seeds,
                                                           case.device, pad, left)))
         done["ensemble"] = models
 
     rounds = int(os.environ.get("TRANSFER_BENCH_ENSEMBLE_ROUNDS", 0)) or \
         ENSEMBLE["rounds"]["minilm" if case.name == "minilm" else "tiny"]
     benchmark.pedantic(ensemble_round, setup=sequential_round, rounds=rounds, warmup_rounds=1)
-    accuracy_of = lambda models: [accuracy(case.test.targets, p) for p in ensemble.predict_together(  # noqa: E731
+    accuracy_of = lambda models: [accuracy(case.test.targets, p) for p in together.predict_together(  # noqa: E731
         models, case.spec.family, case.test, cfg.eval_batch_size, case.device, pad, left)]
     examples = len(seeds) * len(case.train)
     row = summarise(benchmark, speed_table, case, f"train {stage} x{len(seeds)}", examples, ours, theirs,

@@ -7,14 +7,14 @@ from harness.definitions.grid import Cell
 from harness.results.analysis import cell_statistics
 from harness.results.record import SCHEMA_VERSION, record_path, save_predictions, write_record
 from harness.results.resume import finished_record
-from harness.running import cell as running
-from harness.running.assets import RunContext
+from harness.running.cell import train_cell
+from harness.running.context import RunContext
 
 
 def run_cell(ctx: RunContext, cell: Cell) -> dict:
     """Train and evaluate both arms of `cell` for every seed and write its record. Returns the record."""
     path = record_path(ctx.results_dir, cell.id)
-    outcome = running.run_cell(ctx, cell, finished=lambda key: finished_record(path, key))
+    outcome = train_cell(ctx, cell, finished=lambda key: finished_record(path, key))
     if outcome.reused:
         return outcome.record
     record = {"schema": SCHEMA_VERSION, **cell_statistics(outcome.record, outcome.arrays)}

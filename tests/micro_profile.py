@@ -1,10 +1,10 @@
 """A pytest plugin for the harness's integration tests: the `micro` profile, the `tiny` profile cut down so
-that a grid run in a subprocess takes seconds. Load it with `-p micro_profile` and tests/ on PYTHONPATH."""
+that a grid run in a subprocess takes seconds. Load it with `-p micro_profile` and tests/ on PYTHONPATH
+(tests/helpers.py's grid_command)."""
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,20 +23,10 @@ def micro(data_dir, cache_dir) -> profiles.Profile:
         target_train=dataclasses.replace(p.target_train, epochs=2, max_length=32),
         intermediate_train=dataclasses.replace(p.intermediate_train, epochs=1, max_length=32),
         tuning=SearchSpace(lr=(1e-3, 3e-3), max_epochs=2, patience=1),
-        ensemble=False)  # sequential, as the tests of the cell loop expect; --ensemble runs the grouped path
+        train_together=False)  # sequential, as the tests of the cell loop expect; --train-together: the grouped path
 
 
 profiles.PROFILES["micro"] = micro
-
-
-def grid_command(results_dir, cache_dir, *args) -> tuple[list[str], dict]:
-    """argv and environment of `pytest bench` on the micro profile (one seed) in a subprocess."""
-    here = Path(__file__).resolve().parent
-    argv = [sys.executable, "-m", "pytest", "-p", "micro_profile", "bench", "--profile", "micro", "--seeds", "1",
-            "--results-dir", str(results_dir), "--cache-dir", str(cache_dir), "-p", "no:cacheprovider", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    env["PYTHONPATH"] = os.pathsep.join([str(here), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return argv, env
 
 
 def pytest_runtest_call(item):

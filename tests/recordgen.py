@@ -11,9 +11,9 @@ import numpy as np
 
 from harness.definitions.grid import cells
 from harness.definitions.tasks import task_type
-from harness.results.baselines import detectable
+from harness.results.bootstrap import verdict
+from harness.results.change import cell_detectable
 from harness.results.record import SCHEMA_VERSION, record_path, save_predictions, write_record
-from harness.results.stats import verdict
 
 
 def _unit(*parts) -> float:
@@ -42,7 +42,7 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
              "verdict": verdict(delta - half, delta + half), "per_seed": [delta] * seeds, "se_boot": half / 2}
         p = _unit(cell, lang, "p")  # a bootstrap p-value in keeping with the verdict
         gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9,
-                      "mdc": detectable(g, len(languages))}
+                      "mdc": cell_detectable(g, len(languages))}
     record = {
         "schema": SCHEMA_VERSION, "cell": cell, "profile": profile, "model": f"tiny-{model}", "task": task,
         "domain": domain, "seeds": list(range(seeds)), "main_metric": main, "language": languages[0],

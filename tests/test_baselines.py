@@ -12,6 +12,7 @@ from recordgen import make_record
 
 from harness.results import baselines
 from harness.results.baselines import FIELDS, BaselineError
+from harness.results.change import cell_level
 
 
 def _file(tmp_path, records, profile="tiny"):
@@ -198,8 +199,8 @@ def test_no_baseline_is_new(tmp_path):
 
 
 def test_each_comparison_of_a_cell_uses_a_bonferroni_level():
-    assert baselines.cell_level(3) == pytest.approx(1 - 0.05 / 9)
+    assert cell_level(3) == pytest.approx(1 - 0.05 / 9)
     base = make_record("bert", "sentiment", "legal", seeds=3)
     rows = baselines.judge(base, base)
-    assert len(rows) == 9 and {r["change"]["level"] for r in rows} == {baselines.cell_level(3)}
+    assert len(rows) == 9 and {r["change"]["level"] for r in rows} == {cell_level(3)}
 

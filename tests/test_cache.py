@@ -1,4 +1,4 @@
-"""Build-once cache entries (harness/running/cache.py): locks, atomic directories, checksums, tokenised data, resume."""
+"""Build-once cache entries (harness/fileio.py, harness/running/cache.py): locks, atomic directories, checksums, tokenised data, resume."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,10 @@ import pytest
 from filelock import FileLock, Timeout
 
 from harness.results.resume import finished_record
+from harness import fileio
+from harness.fileio import atomic_dir, fingerprint, is_complete
 from harness.running import cache
-from harness.running.cache import atomic_dir, cached_encoding, fingerprint, is_complete
+from harness.running.cache import cached_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +68,7 @@ def test_a_truncated_or_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
     elif damage == "delete":
         (target / "meta.json").unlink()
     else:
-        (target / cache.MANIFEST).write_text("ok\n")  # the marker of an older version: no checksums
+        (target / fileio.MANIFEST).write_text("ok\n")  # the marker of an older version: no checksums
     assert not is_complete(target)
     atomic_dir(target, _builder(calls, "x" * 1000))
     assert len(calls) == 2 and is_complete(target)
@@ -82,10 +84,11 @@ def _wait_for_line(proc: subprocess.Popen, expected: str) -> None:
     assert line == expected, f"subprocess said {line!r}"
 
 
+@pytest.mark.subprocess
 def test_lock_of_a_killed_holder_is_released(tmp_path):
     """flock locks die with their process: after SIGKILL the lock file is still there but free."""
     lock = tmp_path / "x.lock"
-    holder = _python(f"from harness.running.cache import locked\nimport time\nwith locked({str(lock)!r}, 'x'):\n"
+    holder = _python(f"from harness.fileio import locked\nimport time\nwith locked({str(lock)!r}, 'x'):\n"
                      f"    print('held', flush=True)\n    time.sleep(600)\n")
     try:
         _wait_for_line(holder, "held")
@@ -99,10 +102,11 @@ def test_lock_of_a_killed_holder_is_released(tmp_path):
         pass
 
 
+@pytest.mark.subprocess
 def test_a_builder_killed_mid_build_leaves_no_block_and_no_half_entry(tmp_path):
     target = tmp_path / "model"
     builder = _python(
-        "from pathlib import Path\nimport time\nfrom harness.running.cache import atomic_dir\n"
+        "from pathlib import Path\nimport time\nfrom harness.fileio import atomic_dir\n"
         "def build(tmp):\n    (tmp / 'body.bin').write_text('half')\n    print('building', flush=True)\n"
         f"    time.sleep(600)\natomic_dir(Path({str(target)!r}), build)\n")
     try:
@@ -119,10 +123,11 @@ def test_a_builder_killed_mid_build_leaves_no_block_and_no_half_entry(tmp_path):
     assert not any(p.name.startswith(".model-") for p in tmp_path.iterdir())  # the killed builder's temp dir
 
 
+@pytest.mark.subprocess
 def test_concurrent_builders_build_once(tmp_path):
     """Three processes race for one entry: one builds (slowly), the others wait and reuse it."""
     target, log = tmp_path / "model", tmp_path / "builds.log"
-    code = ("from pathlib import Path\nimport os, time\nfrom harness.running.cache import atomic_dir\n"
+    code = ("from pathlib import Path\nimport os, time\nfrom harness.fileio import atomic_dir\n"
             "def build(tmp):\n"
             f"    with open({str(log)!r}, 'a') as f: f.write(str(os.getpid()) + '\\n')\n"
             "    time.sleep(1.0)\n    (tmp / 'body.bin').write_text('weights')\n"

@@ -1,4 +1,4 @@
-"""The baseline rule by simulation (harness.results.baselines.judge on records built with harness.results.stats, as the runner
+"""The baseline rule by simulation (harness.results.baselines.judge on records built with harness.results.bootstrap, as the runner
 builds them): how often a cell with no change fails (false alarms), and how often a change of a given size is
 caught (power), at the tiny grid's test-set size (256 examples per language), 3 languages and 3 seeds.
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from harness.results import baselines, stats
+from harness.results import baselines, bootstrap, change, significance
 
 N_TEST, SEEDS, LANGS, N_BOOT = 256, 3, ("en", "de", "fr"), 300
 
@@ -36,11 +36,11 @@ def record(rng, tests: dict, seed_sd: float, shift: float) -> dict:
             per_seed = [float(np.mean(p == y)) for p in preds[arm]]
             rec["metrics"][arm][lang] = {"accuracy": float(np.mean(per_seed))}
             rec["metrics_per_seed"][arm][lang] = {"accuracy": per_seed}
-            rec["metrics_se"][arm][lang] = {"accuracy": stats.metric_se(y, preds[arm], "accuracy",
-                                                                        int(rng.integers(2**31)), N_BOOT)}
-        g = stats.gain(stats.arms(y, preds["direct"], preds["intermediate"]), "accuracy", int(rng.integers(2**31)),
-                       N_BOOT)
-        rec["gain"][lang] = {**g, "mdc": baselines.detectable(g, len(LANGS))}
+            rec["metrics_se"][arm][lang] = {"accuracy": bootstrap.metric_se(y, preds[arm], "accuracy",
+                                                                            int(rng.integers(2**31)), N_BOOT)}
+        g = bootstrap.gain(bootstrap.arms(y, preds["direct"], preds["intermediate"]), "accuracy",
+                           int(rng.integers(2**31)), N_BOOT)
+        rec["gain"][lang] = {**g, "mdc": change.cell_detectable(g, len(LANGS))}
     return rec
 
 
@@ -52,6 +52,7 @@ def trial(rng, seed_sd: float, shift: float, margin: float = 0.0) -> tuple[list[
 
 
 @pytest.mark.parametrize("seed_sd, reps", [(0.3, 100), (1.0, 100)])
+@pytest.mark.slow
 def test_false_alarms_without_a_change_are_at_most_5_percent(seed_sd, reps):
     """Margin 0: the statistics alone. Per cell-language (any of its gain and arm comparisons failing) the rate
     must be <= 5%; per cell (the Bonferroni family) it must not be significantly above 5%."""
@@ -81,19 +82,20 @@ def power(shift: float, reps: int = 40, seed_sd: float = 0.3) -> tuple[float, fl
     return float(np.mean(caught)), float(np.mean(changes)), float(np.mean(mdcs))
 
 
+@pytest.mark.slow
 def test_power_grows_with_the_change():
     """The power curve (see README, calibration): the intermediate arm of the new run loses `shift` in logit
     (0 to 4: its gain falls by 0 to about 0.6). The recorded minimum detectable change (MDC) assumes the other
     run as noisy as this one; a run whose intermediate arm collapsed disagrees with the direct arm on more
     examples, so its gain is noisier and 80% power comes only at about 1.5 MDC (measured: 49% at 1.0 MDC)."""
     curve = [power(-shift) for shift in (0.0, 1.0, 2.0, 3.0, 4.0)]
-    for rate, change, mdc in curve:
-        print(f"mean |change| {change:.3f}: caught {rate:.0%} (mean MDC {mdc:.3f})")
+    for rate, size, mdc in curve:
+        print(f"mean |change| {size:.3f}: caught {rate:.0%} (mean MDC {mdc:.3f})")
     rates = [c[0] for c in curve]
     assert rates == sorted(rates) and rates[0] <= 0.05 and rates[-1] >= 0.85, curve
     mdc = curve[0][2]
-    assert all(rate >= 0.8 for rate, change, _ in curve if change >= 1.5 * mdc), curve
-    assert all(rate < 0.8 for rate, change, _ in curve if change < 0.6 * mdc), curve
+    assert all(rate >= 0.8 for rate, size, _ in curve if size >= 1.5 * mdc), curve
+    assert all(rate < 0.8 for rate, size, _ in curve if size < 0.6 * mdc), curve
 
 
 def test_a_change_smaller_than_the_margin_never_fails():
@@ -105,21 +107,21 @@ def test_a_change_smaller_than_the_margin_never_fails():
 def test_change_adds_both_runs_seed_and_test_set_variances():
     old = {"mean": 0.10, "per_seed": [0.05, 0.10, 0.15], "se_boot": 0.03}
     new = {"mean": 0.30, "per_seed": [0.30, 0.30], "se_boot": 0.04}
-    c = stats.change(old, new)
+    c = change.change(old, new)
     se = np.sqrt(0.03**2 + 0.05**2 / 3 + 0.04**2)  # the new run's seeds agree: no seed term
     assert c["change"] == pytest.approx(0.2) and c["se"] == pytest.approx(se)
     assert c["df"] == pytest.approx(se**4 / ((0.05**2 / 3) ** 2 / 2))  # Welch-Satterthwaite
-    assert c["significant"] and c["ci_low"] > 0 and not stats.change(old, old)["significant"]
+    assert c["significant"] and c["ci_low"] > 0 and not change.change(old, old)["significant"]
     point = {"mean": 0.0, "per_seed": [0.0], "se_boot": 0.0}
-    assert stats.change(point, point)["significant"] is False
-    assert stats.change(point, {**point, "mean": 0.01})["significant"] is True
+    assert change.change(point, point)["significant"] is False
+    assert change.change(point, {**point, "mean": 0.01})["significant"] is True
 
 
 def test_q_values_are_benjamini_hochberg():
     p = [0.01, 0.04, 0.03, 0.2]
     # sorted 0.01, 0.03, 0.04, 0.2 -> 0.01*4/1, 0.03*4/2, 0.04*4/3, 0.2 -> monotone from the top
-    assert stats.q_values(p) == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
-    assert stats.q_values([]).size == 0
+    assert significance.q_values(p) == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
+    assert significance.q_values([]).size == 0
 
 
 def test_bootstrap_p_value_agrees_with_the_interval():
@@ -127,4 +129,4 @@ def test_bootstrap_p_value_agrees_with_the_interval():
     for shift in (0.0, 0.1, 0.3):
         samples = rng.normal(shift, 0.1, 4000)
         low, high = np.percentile(samples, [2.5, 97.5])
-        assert (stats.p_value(samples) < 0.05) == (low > 0 or high < 0)
+        assert (bootstrap.p_value(samples) < 0.05) == (low > 0 or high < 0)

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import run_harness, run_pytest
 from recordgen import golden_records, tiny_grid_records, write_golden_predictions, write_records
 
 from harness.__main__ import main
@@ -146,9 +144,9 @@ def test_compare_names_a_record_of_an_older_harness(run_dir, tmp_path, caplog):
     assert f"{records[0]['cell']}.json: field 'metrics_se' missing" in errors(caplog)[0]
 
 
+@pytest.mark.subprocess
 def test_module_entry_point_runs(run_dir):
-    done = subprocess.run([sys.executable, "-m", "harness", "compare", str(run_dir), str(run_dir)],
-                          capture_output=True, text=True, timeout=120)
+    done = run_harness("compare", str(run_dir), str(run_dir))
     assert done.returncode == 0, done.stderr
     assert "bert-classification-general" in done.stdout
 
@@ -157,6 +155,7 @@ PLUGIN_TEST = """
 import sys
 sys.path.insert(0, {tests!r})
 import pytest
+from helpers import run_harness, run_pytest
 from recordgen import make_record
 from harness.results.record import record_path, write_record
 
@@ -172,12 +171,13 @@ def test_cell(cell_id, request):
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_grid_run_writes_summary_files_and_prints_the_main_table(tmp_path, xdist):
     (tmp_path / "test_fake_grid.py").write_text(textwrap.dedent(PLUGIN_TEST.format(tests=str(Path(__file__).parent))))
     results = tmp_path / "results"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path), "--results-dir",
-                           str(results), *xdist], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    done = run_pytest("-p", "no:cacheprovider", str(tmp_path), "--results-dir", str(results), *xdist, cwd=tmp_path,
+                      timeout=300)
     assert done.returncode == 1, done.stdout[-3000:]  # the failed cell
     assert sorted(p.name for p in results.iterdir()) == ["cells", "summary.csv", "summary.json", "summary.md",
                                                         "summary.tex", "transfer.png"]

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run_pytest
 
-from harness.running.devices import (
+from harness.training.devices import (
     assign_device,
     pin_worker_device,
     precision,
@@ -20,8 +18,6 @@ from harness.running.devices import (
     worker_index,
 )
 from harness.running.environment import device_info
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("worker, expected", [("gw0", "3"), ("gw1", "5"), ("gw2", "3"), ("gw5", "5")])
@@ -91,7 +87,7 @@ def test_cpu_device_info():
 
 _PROBE = '''
 import json, os, pytest
-from harness.running.devices import threads_per_worker, usable_cores
+from harness.training.devices import threads_per_worker, usable_cores
 
 @pytest.mark.parametrize("cell_id", [f"{g}-{d}" for d in ("general", "medical", "legal", "other")
                                   for g in ("bert-similarity", "xlnet-sentiment")])  # groups interleaved
@@ -103,18 +99,17 @@ def test_probe(cell_id):
 '''
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_workers_get_their_gpu_threads_and_grouped_cells(tmp_path):
     """A real `pytest -n 2` under the project's root conftest.py with a fake list of two GPUs: each worker
     pins one of them, splits the cores, and (no --dist given) each starts with the first cell of its own
     model-task group (harness.pytest.selection.CellGroupScheduling)."""
-    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_probe.py").write_text(_PROBE)
     out = tmp_path / "probe.jsonl"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "PROBE_OUT": str(out)}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    env.pop("PYTEST_XDIST_WORKER_COUNT", None)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", str(tmp_path)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = run_pytest("-q", "-n", "2", "-p", "no:cacheprovider", str(tmp_path), cwd=tmp_path, timeout=300,
+                     env={"CUDA_VISIBLE_DEVICES": "3,5", "PROBE_OUT": str(out)})
     assert run.returncode == 0, run.stdout + run.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 8

@@ -1,4 +1,4 @@
-"""harness.running.ensemble: members keep their own initialisation, data order and clipping, evaluation matches
+"""harness.training.together: members keep their own initialisation, data order and clipping, evaluation matches
 the per-model predict, and the same group gives the same numbers in every run and process."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.running import ensemble
-from harness.running.train import predict
+from harness.training import together as ensemble
+from harness.training.loop import predict
 
 CFG = TrainConfig(lr=1e-3, epochs=2, batch_size=8, max_length=16)
 
@@ -97,6 +97,8 @@ def test_evaluation_together_matches_each_model_alone(family, regression):
         np.testing.assert_allclose(preds, predict(m, test, 8, "cpu", 0, family == "xlnet"), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_another_process_gives_the_same_numbers():
     code = ("import json, sys; sys.path.insert(0, 'tests'); import test_ensemble as t; "
             "print(json.dumps([float(w.sum()) for w in t.weights(t.trained()[0])]))")
@@ -128,7 +130,7 @@ def test_paired_steps_give_each_member_its_own_batches_in_a_random_order():
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])
 def test_grouped_model_computes_what_each_member_computes(family):
     """In training mode without dropout, the grouped forward gives each member's own logits and gradients."""
-    from harness.running.grouped import group
+    from harness.training.grouped import group
 
     members = [model(family, s) for s in (0, 1, 2)]
     for m in members:
@@ -159,21 +161,31 @@ def test_the_profile_table_sets_it_and_a_non_boolean_is_refused(tmp_path):
 
     rows = '\n[models]\nbert = "x"\nroberta = "y"\nxlnet = "z"\n'
     path = tmp_path / "mine.toml"
-    path.write_text("[profile]\nensemble = true\n" + rows)
-    assert read_profile(path, "mine", None, tmp_path).ensemble is True
+    path.write_text("[profile]\ntrain_together = true\n" + rows)
+    assert read_profile(path, "mine", None, tmp_path).train_together is True
+    path.write_text("[profile]\nensemble = true\n" + rows)  # the deprecated name still reads
+    assert read_profile(path, "mine", None, tmp_path).train_together is True
     path.write_text(rows)
-    assert read_profile(path, "mine", None, tmp_path).ensemble is False
-    path.write_text('[profile]\nensemble = "yes"\n' + rows)
+    assert read_profile(path, "mine", None, tmp_path).train_together is False
+    path.write_text('[profile]\ntrain_together = "yes"\n' + rows)
     with pytest.raises(SpecError) as err:
         read_profile(path, "mine", None, tmp_path)
-    assert str(err.value) == f"{path}: [profile] key 'ensemble': must be a non-empty bool, got 'yes'"
-    assert profiles.tiny(None, tmp_path).ensemble is True  # the tiny default (README: Speed)
+    assert str(err.value) == f"{path}: [profile] key 'train_together': must be a non-empty bool, got 'yes'"
+    assert profiles.tiny(None, tmp_path).train_together is True  # the tiny default (docs/performance.md)
+
+
+def test_the_old_flag_is_an_alias_that_says_it_is_deprecated():
+    from harness.pytest.options import deprecated_flags
+
+    assert deprecated_flags(["bench", "--ensemble", "-n", "2", "--no-ensemble", "--ensemble"]) == [
+        "--ensemble is deprecated: use --train-together", "--no-ensemble is deprecated: use --no-train-together"]
+    assert deprecated_flags(["--train-together", "--no-train-together"]) == []
 
 
 def test_grouped_dropout_draws_its_own_reproducible_masks():
     """GroupedDropout (CPU): keep masks from the group's numpy stream, scaled by 1/(1-p) as F.dropout; the same
     seed gives the same masks, another seed others; eval mode and p=0 leave the input as it is."""
-    from harness.running.grouped import GroupedDropout, _Masks
+    from harness.training.grouped import GroupedDropout, _Masks
 
     x = torch.ones(64, 50, requires_grad=True)
     drop = GroupedDropout(0.25, _Masks(7)).train()
@@ -195,7 +207,7 @@ def test_grouped_attention_is_sdpa_with_the_streams_probability_dropout(masked):
     with and without a padding mask; with nothing to drop it is SDPA itself and draws nothing from the stream."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from harness.running.grouped import GroupedDropout, _attention, _Masks
+    from harness.training.grouped import GroupedDropout, _attention, _Masks
 
     class KeepAll(_Masks):
         def drop(self, x, p):
@@ -222,7 +234,7 @@ def test_grouped_attention_is_sdpa_with_the_streams_probability_dropout(masked):
 
 def test_grouped_bert_trains_with_the_streams_dropout():
     """A grouped BERT copy uses the grouped attention and GroupedDropout for every dropout of the members."""
-    from harness.running.grouped import ATTENTION, GroupedDropout, group
+    from harness.training.grouped import ATTENTION, GroupedDropout, group
 
     members = [model("bert", s) for s in (0, 1)]
     grouped = group(members, "bert", seed=5)
@@ -233,7 +245,7 @@ def test_grouped_bert_trains_with_the_streams_dropout():
 
 
 def test_a_layer_norm_without_scale_or_shift_is_refused_in_one_line():
-    from harness.running.grouped import GroupedLayerNorm
+    from harness.training.grouped import GroupedLayerNorm
 
-    with pytest.raises(NotImplementedError, match="without a scale or shift.*--no-ensemble"):
+    with pytest.raises(NotImplementedError, match="without a scale or shift.*--no-train-together"):
         GroupedLayerNorm([torch.nn.LayerNorm(4, elementwise_affine=False) for _ in range(2)])

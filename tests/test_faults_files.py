@@ -26,7 +26,7 @@ from harness.definitions.config import DatasetConfig
 from harness.output.report import write_summary
 from harness.results import baselines
 from harness.results import record as R
-from harness.running.cache import atomic_dir
+from harness.fileio import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -143,6 +143,7 @@ def _fill(folder: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.subprocess
 def test_merge_into_a_full_disk_is_one_line_keeps_what_was_merged_and_leaves_no_temp(small_fs, tmp_path, caplog):
     shard = tmp_path / "shard"
     cells = [make_record("bert", "classification", d) for d in ("general", "legal", "medical")]
@@ -240,6 +241,7 @@ atomic_write(sys.argv[1], fill)
 """
 
 
+@pytest.mark.subprocess
 def test_a_writer_killed_mid_write_loses_nothing_and_the_next_write_cleans_up(tmp_path):
     path = tmp_path / "predictions" / "bert-sentiment-legal.npz"
     fileio.atomic_write(path, lambda f: f.write(b"finished"))
@@ -279,6 +281,7 @@ def test_text_that_is_not_utf8_is_one_line_naming_file_row_field_and_data_set(tm
     assert "data set 'my-contracts'" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_a_long_text_is_cut_before_tokenising_and_encodes_the_same(tmp_path):
     """The first max_length tokens of a text longer than the cut are those of the whole text
     (bench/long_line_memory.py measures the memory the cut saves on a 50 MB line)."""

@@ -8,20 +8,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from micro_profile import grid_command
+from helpers import CONTRACTS, REPO, grid_command, grid_run, records, run_pytest, write_jsonl
 from recordgen import make_record, write_records
 
-from harness.results.record import load_records, record_path
-from tests.conftest import write_jsonl
-from tests.test_spec import CONTRACTS
+from harness.results.record import record_path
 
-ROOT = Path(__file__).resolve().parents[1]
 # three model-task groups of one cell each: under -n 2 the first worker gets the first and the third
 THREE = ("--models", "bert", "--domains", "general")
 FIRST, SECOND, THIRD = "bert-classification-general", "bert-sentiment-general", "bert-similarity-general"
@@ -35,7 +31,7 @@ def _start(tmp: Path, *args, hold: str | None = None) -> subprocess.Popen:
     if hold:
         env.update(MICRO_HOLD_CELL=hold, MICRO_HOLD_FILE=str(tmp / "held"))
     out = open(tmp / "out.txt", "w")
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _held_pid(tmp: Path, proc: subprocess.Popen) -> int:
@@ -63,17 +59,12 @@ def _summary(tmp: Path) -> dict:
     return {e["cell"]: e["status"] for e in entries}
 
 
-def _records(tmp: Path) -> dict:
-    records, errors = load_records(tmp / "results")
-    assert errors == []
-    return {r["cell"]: r for r in records}
-
-
 def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ERROR:")]
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
     """SIGKILL the worker running FIRST while it still holds THIRD: the replacement worker must get THIRD and
     run it (pytest-xdist 3.8.0's loadgroup left it waiting forever), FIRST fails once and is not retried."""
@@ -83,7 +74,7 @@ def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
     assert proc.returncode == 1, out[-3000:]
     assert f"cell {FIRST}: worker gw" in out and "killed by signal 9 (SIGKILL) while running it" in out
     assert "2 passed" in out and "1 failed" in out, out[-2000:]
-    assert set(_records(tmp_path)) == {SECOND, THIRD}
+    assert set(records(tmp_path / "results")) == {SECOND, THIRD}
     assert _summary(tmp_path) == {FIRST: "missing", SECOND: "ok", THIRD: "ok"}
 
 
@@ -150,6 +141,7 @@ def test_scheduler_starts_every_group_before_a_second_cell_of_any():
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_keeps_finished_records_and_lists_unrun_cells_as_missing(tmp_path):
     """SIGINT while the second cell runs: exit code 2, the first cell's record and a record of an earlier run
     in the same folder are kept and summarised, the interrupted and the unrun cell are missing."""
@@ -161,7 +153,7 @@ def test_ctrl_c_keeps_finished_records_and_lists_unrun_cells_as_missing(tmp_path
     out = _finish(proc, tmp_path, timeout=120)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
     assert "KeyboardInterrupt" in out
-    assert set(_records(tmp_path)) == {FIRST, earlier["cell"]}
+    assert set(records(tmp_path / "results")) == {FIRST, earlier["cell"]}
     assert record_path(tmp_path / "results", earlier["cell"]).read_bytes() == before
     summary = _summary(tmp_path)
     assert {c for c, s in summary.items() if s == "ok"} == {FIRST, earlier["cell"]}
@@ -169,6 +161,7 @@ def test_ctrl_c_keeps_finished_records_and_lists_unrun_cells_as_missing(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_runs_at_once_into_the_same_folders(tmp_path):
     """Two runs of the same cells share results and cache folders: both pass, every record is whole, the shared
     intermediate model is trained once, no temporary file is left."""
@@ -177,28 +170,24 @@ def test_two_runs_at_once_into_the_same_folders(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         argv, env = grid_command(tmp_path / "results", tmp_path / "cache", *cells, "-n", "0")
-        runs.append((subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(tmp_path / name / "out.txt", "w"),
+        runs.append((subprocess.Popen(argv, cwd=REPO, env=env, stdout=open(tmp_path / name / "out.txt", "w"),
                                       stderr=subprocess.STDOUT, start_new_session=True), tmp_path / name))
     for proc, folder in runs:
         out = _finish(proc, folder, timeout=600)
         assert proc.returncode == 0, out[-3000:]
-    records = _records(tmp_path)
-    assert set(records) == {"bert-classification-general", "bert-classification-medical"}
-    trained = sum(e["trained_here"] for r in records.values() for e in r["intermediate"])
+    found = records(tmp_path / "results")
+    assert set(found) == {"bert-classification-general", "bert-classification-medical"}
+    trained = sum(e["trained_here"] for r in found.values() for e in r["intermediate"])
     assert trained <= 1  # the second run found the model, or both cells' records, already there
     assert not [p for p in (tmp_path / "results").rglob(".*") if p.is_file()]
-    assert set(_summary(tmp_path)) == set(records)
+    assert set(_summary(tmp_path)) == set(found)
 
 
 def _usage_error(tmp: Path, *args, baselines: Path | None = None, seeds: bool = True) -> str:
-    """Run the grid expecting a usage error before anything trains; return the one `ERROR:` line."""
-    argv, env = grid_command(tmp / "results", tmp / "cache", *THREE, *args)
-    if baselines:
-        argv += ["--baselines", str(baselines)]
-    if not seeds:  # leave --seeds to the ini file
-        at = argv.index("--seeds")
-        del argv[at:at + 2]
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    """Run the grid expecting a usage error before anything trains; return the one `ERROR:` line. With
+    `seeds=False` the command leaves --seeds to the ini file."""
+    extra = ["--baselines", str(baselines)] if baselines else []
+    run = grid_run(tmp, *THREE, *args, *extra, seeds="1" if seeds else None, timeout=300)
     assert run.returncode == USAGE_ERROR, run.stdout[-2000:] + run.stderr[-2000:]
     (line,) = _error_lines(run.stderr)
     assert "Traceback" not in run.stdout + run.stderr
@@ -207,6 +196,8 @@ def _usage_error(tmp: Path, *args, baselines: Path | None = None, seeds: bool = 
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_corrupt_baselines_stop_the_run_before_training(tmp_path, workers):
     baselines = tmp_path / "baselines"
     baselines.mkdir()
@@ -238,6 +229,8 @@ def read_only(tmp_path):
         step()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unwritable_results_folder_stops_the_run_before_training(tmp_path, read_only):
     results = tmp_path / "results"
     write_records(results, [make_record("bert", "classification", "general", profile="micro")])
@@ -248,11 +241,15 @@ def test_unwritable_results_folder_stops_the_run_before_training(tmp_path, read_
     assert record_path(results, FIRST).read_bytes() == before
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_missing_data_dir_stops_the_run_in_one_line(tmp_path):
     line = _usage_error(tmp_path, "-n", "2", "--data-dir", str(tmp_path / "nowhere"))
     assert line.startswith(f"ERROR: --data-dir {tmp_path / 'nowhere'}: no such folder")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_spec_under_xdist_is_one_line(tmp_path):
     """The controller loads the spec before any worker starts (the workers' errors were an INTERNALERROR)."""
     spec = tmp_path / "spec.toml"
@@ -263,23 +260,27 @@ def test_bad_spec_under_xdist_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("value, message", [("0", "at least one seed"), ("", "expected a count"),
                                             ("2,x", "expected a count")])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_seeds_are_a_usage_error(tmp_path, value, message):
     line = _usage_error(tmp_path, "--seeds", value)
     assert f"--seeds {value!r}" in line and message in line
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_seeds_in_the_ini_file_are_a_usage_error(tmp_path):
     assert "--seeds '0'" in _usage_error(tmp_path, "-o", "seeds=0", seeds=False)
 
 
 def _collect(tmp: Path, *args) -> subprocess.CompletedProcess:
     # `--opt=value`: a bare value outside the repository would take part in pytest's choice of rootdir
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:hypothesispytest",
-                           f"--cache-dir={tmp / 'cache'}", f"--results-dir={tmp / 'results'}", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_pytest("--collect-only", "-q", "-p", "no:hypothesispytest", f"--cache-dir={tmp / 'cache'}",
+                      f"--results-dir={tmp / 'results'}", *args, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_dash_k_from_the_repository_root_selects_only_grid_cells(tmp_path, tiny_corpora):
     run = _collect(tmp_path, "-k", "legal", f"--data-dir={tiny_corpora}")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -289,6 +290,8 @@ def test_dash_k_from_the_repository_root_selects_only_grid_cells(tmp_path, tiny_
                                       for t in ("classification", "sentiment", "similarity"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_spec_domains_are_registered_markers(tmp_path, tiny_corpora):
     """A new domain from --spec: no unknown-mark warning (made an error here), --strict-markers collects,
     and `-m DOMAIN` selects its cells."""

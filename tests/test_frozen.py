@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SHARED_DATA, needs_shared_data
 
 from harness.definitions.config import ModelConfig
 from harness.definitions.grid import Cell
-from harness.running import frozen
-from harness.running.models import ModelError, PooledModel, build_model, cell_heads, model_pooling, unpack_pairs
-from harness.running.pooling import checkpoint_pooling, normalizes, pool
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.md").is_file(), reason=f"no real data at {SHARED_DATA}")
+from harness.running import probe as frozen
+from harness.running.heads import cell_heads
+from harness.training.models import ModelError, PooledModel, build_model, model_pooling, unpack_pairs
+from harness.training.pooling import checkpoint_pooling, normalizes, pool
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +111,7 @@ def _rows(path: Path, n: int) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(n), f)]
 
 
-@needs_data
+@needs_shared_data
 def test_cosine_floor_matches_sentence_transformers(minilm):
     """The harness's embedding of all-MiniLM-L6-v2 (mean pooling, normalised) and sentence-transformers' `encode`
     give the same cosine floor on real STS-B test pairs (Spearman within 0.01, embeddings within 1e-4)."""
@@ -133,7 +132,7 @@ def test_cosine_floor_matches_sentence_transformers(minilm):
     assert ours_s > 0.6 and abs(ours_s - theirs_s) < 0.01
 
 
-@needs_data
+@needs_shared_data
 def test_probe_matches_an_independent_scikit_learn_probe(minilm, tmp_path):
     """The floor of a classification cell (SIB-200 en, C chosen on its own dev rows) against a probe built here
     from transformers' outputs and scikit-learn alone: the same accuracy within 0.05."""
@@ -141,7 +140,7 @@ def test_probe_matches_an_independent_scikit_learn_probe(minilm, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     from harness.definitions.profiles import load_profile
-    from harness.running.assets import RunContext, load_dataset
+    from harness.running.context import RunContext, load_dataset
 
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     spec = p.targets[("classification", "general")].replace(max_train=80, max_test=60, cross_lingual={})

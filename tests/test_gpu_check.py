@@ -3,13 +3,13 @@ leave the other parts and the report intact, and the one Markdown table (the GPU
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
@@ -21,11 +21,12 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 
 
 def run(*args, env=None, timeout=120):
-    environment = {**os.environ, "GPU_CHECK_PYTHON": sys.executable, "PYTHONPATH": str(ROOT), **(env or {})}
+    environment = subprocess_env({"GPU_CHECK_PYTHON": sys.executable, "PYTHONPATH": str(ROOT), **(env or {})})
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=timeout)
 
 
+@pytest.mark.subprocess
 def test_script_parses_and_documents_what_to_carry():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     help_text = run("--help").stdout
@@ -33,6 +34,7 @@ def test_script_parses_and_documents_what_to_carry():
         assert word in help_text
 
 
+@pytest.mark.subprocess
 def test_dry_run_names_every_part_and_its_timeout(tmp_path):
     result = run("--dry-run", "--out", str(tmp_path), "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -42,6 +44,8 @@ def test_dry_run_names_every_part_and_its_timeout(tmp_path):
     assert (tmp_path / "gpu_check.md").is_file() and (tmp_path / "gpu_check.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_part_that_times_out_leaves_the_others_and_the_report(tmp_path):
     env = {f"GPU_CHECK_TIMEOUT_{p}": "1" for p in ("THROUGHPUT", "TINY", "MINILM")}
     result = run("--cpu", "--no-install", "--out", str(tmp_path), "--data-dir", str(tmp_path), env=env)

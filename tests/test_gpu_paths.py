@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
-from harness.running import attention, buckets
+from harness.training import attention, buckets
 from harness.running.environment import device_info
-from harness.running.models import build_model
-from harness.running.train import collate, eval_batches, lengths_of, predict, train
+from harness.training.models import build_model
+from harness.training.loop import collate, eval_batches, lengths_of, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +154,7 @@ def test_sdpa_choice_by_device_model_and_override(tiny_profile, tiny_tokenizers)
     assert attention.describe("cpu", {"TRANSFER_BENCH_SDPA": "efficient,math"}) == "efficient,math"
 
 
+@pytest.mark.slow
 def test_compiled_steps_compile_once_per_bucket(tiny_profile, tiny_tokenizers, monkeypatch):
     """With buckets of 4 tokens up to 16, full batches take at most 4 shapes: at most 4 graphs over two epochs
     (the short last batch runs eagerly), none when training again; the compiled loop still learns."""
@@ -170,6 +171,8 @@ def test_compiled_steps_compile_once_per_bucket(tiny_profile, tiny_tokenizers, m
     assert train(model, data, cfg, 1, "cpu", tok.pad_token_id, False)["compiles"] == 0  # not compiled
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gpu_benchmark_smoke_run_without_datasets(tmp_path):
     """bench/gpu_throughput.py on CPU (tiny shapes), in an environment without `datasets` like the GPU machine's:
     one table with every setting, batch size and epoch, and the Trainer ratio."""

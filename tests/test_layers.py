@@ -1,7 +1,10 @@
 """The package's layers, enforced: a module imports only its own layer and the ones below, and no two modules
 import each other, directly or round a circle (imports inside functions count too).
 
-    fileio -> definitions -> running -> results -> output -> top (pipeline, __main__, pytest)
+    fileio -> definitions -> training -> running -> results -> output -> top (pipeline, __main__, pytest)
+
+The training engine (harness/training) knows nothing of cells or profiles: it never names Cell, Profile or
+RunContext.
 
 Data flows the same way: option -> profile -> cell -> record -> analysis -> summary.
 """
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
-LAYERS = ("fileio", "definitions", "running", "results", "output", "top")
+LAYERS = ("fileio", "definitions", "training", "running", "results", "output", "top")
 TOP = ("pipeline", "__main__", "pytest")
 
 
@@ -82,3 +85,45 @@ def test_the_checks_can_fail(tmp_path):
     assert layer("harness.output.report") > layer("harness.running.cell")
     with pytest.raises(graphlib.CycleError):
         tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+def names_imported(path: Path) -> set[str]:
+    return {alias.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) for alias in node.names}
+
+
+def test_the_engine_knows_no_cell_or_profile():
+    offenders = {module_name(p): sorted(names_imported(p) & {"Cell", "Profile", "RunContext"})
+                 for p in (PACKAGE / "training").rglob("*.py")}
+    assert not {m: n for m, n in offenders.items() if n}, offenders
+
+
+def test_an_upward_import_into_training_is_caught(tmp_path, monkeypatch):
+    """A planted `from harness.running.context import RunContext` in a training module fails both checks."""
+    planted = tmp_path / "harness"
+    for path in PACKAGE.rglob("*.py"):
+        target = planted / path.relative_to(PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    loop = planted / "training" / "loop.py"
+    loop.write_text(loop.read_text(encoding="utf-8") + "\n\ndef f():\n    from harness.running.context import RunContext\n",
+                    encoding="utf-8")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", planted)
+    with pytest.raises(AssertionError, match="harness.training.loop \\(training\\) imports harness.running.context"):
+        test_no_module_imports_a_higher_layer()
+    with pytest.raises(AssertionError, match="RunContext"):
+        test_the_engine_knows_no_cell_or_profile()
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    crossing = sorted(f"{module_name(p)} imports {node.module}.{alias.name}"
+                      for p in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness")
+                      for alias in node.names if alias.name.startswith("_"))
+    assert not crossing, "\n".join(crossing)
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long

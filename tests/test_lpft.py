@@ -7,21 +7,21 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import TOY, spec_error, target_entry, toy_split, write_spec
 from sklearn.linear_model import LogisticRegression
 
 from harness.definitions.grid import Cell
 from harness.definitions.specfile import SpecError, read_profile
-from harness.running import lpft
-from harness.running.models import build_model, cell_head_init
-from harness.running.train import predict
-from tests.test_spec import data, error, target_entry, write_spec  # noqa: F401 (data is a fixture)
-from tests.test_train import TOY, _toy_split
+from harness.running import probe as lpft
+from harness.running.heads import cell_head_init
+from harness.training.models import build_model
+from harness.training.loop import predict
 
 
 def _encoded(tok, labels=("a", "b"), n=96, seed=0):
     from harness.definitions.data import encode
 
-    split = _toy_split(n, seed)
+    split = toy_split(n, seed)
     return encode(tok, split, TOY.max_length, list(labels))
 
 
@@ -102,10 +102,10 @@ def test_head_init_comes_from_the_row_then_the_profile_and_never_for_regression(
     assert cell_head_init(dataclasses.replace(p, models={**p.models, "bert": row}), cls) == "random"
 
 
-def test_an_unknown_head_init_names_the_file_the_entry_and_the_key(tiny_profile, data, tmp_path):  # noqa: F811
+def test_an_unknown_head_init_names_the_file_the_entry_and_the_key(tiny_profile, data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", target_entry(), extra='\n[models]\nbert = { source = "x", head_init = '
                                                                  '"zero" }\n')
-    message = error(tiny_profile, spec, data)
+    message = spec_error(tiny_profile, spec, data)
     assert "[models] key 'bert.head_init': unknown head_init 'zero' (valid: random, probe)" in message
     path = tmp_path / "mine.toml"
     path.write_text('[profile]\nhead_init = "lp"\n\n[models]\nbert = "x"\nroberta = "y"\nxlnet = "z"\n')
@@ -114,12 +114,13 @@ def test_an_unknown_head_init_names_the_file_the_entry_and_the_key(tiny_profile,
     assert str(err.value) == f"{path}: [profile] key 'head_init': unknown head_init 'lp' (valid: random, probe)"
 
 
+@pytest.mark.slow
 def test_a_probe_cell_records_its_probes_and_has_its_own_config_key(tiny_corpora, tmp_path):
     from micro_profile import micro
 
     from harness.pipeline import run_cell
     from harness.results.record import validate
-    from harness.running.assets import RunContext
+    from harness.running.context import RunContext
 
     records = {}
     for head_init in ("random", "probe"):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from harness.definitions.data import Split, encode
-from harness.running.models import body_state, build_model, load_tokenizer
-from harness.running.train import collate
+from harness.training.models import body_state, build_model
+from harness.training.tokenizers import load_tokenizer
+from harness.training.loop import collate
 
 FAMILIES = ("bert", "roberta", "xlnet")
 STYLE = {"bert": "WordPiece", "roberta": "BPE", "xlnet": "Unigram"}
@@ -139,13 +140,15 @@ def test_body_state_excludes_the_head_and_loads_into_a_new_head(tiny_profile, ti
 _TRAIN_AND_HASH = """
 import hashlib, json, sys
 from pathlib import Path
-from harness.running.models import _train_tokenizer
+from harness.training.tokenizers import train_tokenizer
 files = sys.argv[1:]
-print(json.dumps({f: hashlib.sha256(_train_tokenizer(f, files, 2000).backend_tokenizer.to_str().encode()).hexdigest()
+print(json.dumps({f: hashlib.sha256(train_tokenizer(f, files, 2000).backend_tokenizer.to_str().encode()).hexdigest()
                   for f in ("bert", "roberta", "xlnet")}))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_tokenizer_training_is_deterministic_across_processes(tiny_profile):
     """Fresh caches (a CI machine, a second run) must train the same tokenizers: the tokenizers library's
     trainers iterate hash maps seeded per process (huggingface/tokenizers#1794), which the harness works around."""

@@ -14,8 +14,9 @@ from scipy import integrate
 from scipy import stats as sps
 
 from harness.output import report
-from harness.output.summary import FDR_MARK, significance, summarise
-from harness.results import analysis, baselines, stats
+from harness.output.summary import FDR_MARK, summarise
+from harness.results import analysis, baselines, bootstrap, change, moderation
+from harness.results.significance import significance
 from recordgen import tiny_grid_records
 
 
@@ -26,7 +27,7 @@ def seeded_records(seeds: int = 3, shift: float = 0.0) -> list[dict]:
     for r in tiny_grid_records(shift):
         r = copy.deepcopy(r)
         r["seeds"] = list(range(seeds))
-        rng = np.random.default_rng(stats.stream_seed(r["cell"]))
+        rng = np.random.default_rng(bootstrap.stream_seed(r["cell"]))
         for lang, g in r["gain"].items():
             spread = 0.01 + 0.05 * rng.random()
             offsets = rng.normal(0, spread, seeds)
@@ -45,21 +46,21 @@ def seeded_records(seeds: int = 3, shift: float = 0.0) -> list[dict]:
 def test_fit_prior_recovers_a_scaled_inverse_chi_square_prior():
     rng = np.random.default_rng(1)
     true = 0.01 * 4 / rng.chisquare(4, 20000)  # d0 = 4, s0^2 = 0.01
-    d0, s02 = stats.fit_prior(true * rng.chisquare(2, 20000) / 2, 2)
+    d0, s02 = moderation.fit_prior(true * rng.chisquare(2, 20000) / 2, 2)
     assert d0 == pytest.approx(4, rel=0.15) and s02 == pytest.approx(0.01, rel=0.1)
 
 
 def test_fit_prior_of_equal_true_variances_has_infinite_degrees_of_freedom():
     rng = np.random.default_rng(2)
-    d0, s02 = stats.fit_prior(0.02 * rng.chisquare(2, 5000) / 2, 2)
+    d0, s02 = moderation.fit_prior(0.02 * rng.chisquare(2, 5000) / 2, 2)
     assert d0 > 50 and s02 == pytest.approx(0.02, rel=0.1)
     with pytest.raises(ValueError):
-        stats.fit_prior([0.1], 2)
+        moderation.fit_prior([0.1], 2)
 
 
 def test_moderated_variance_is_the_weighted_mean_of_prior_and_sample():
-    assert stats.moderated_variance(0.04, 2, 6, 0.01) == pytest.approx(((6 * 0.01 + 2 * 0.04) / 8, 8))
-    assert stats.moderated_variance(0.04, 2, np.inf, 0.01) == (0.01, np.inf)
+    assert moderation.moderated_variance(0.04, 2, 6, 0.01) == pytest.approx(((6 * 0.01 + 2 * 0.04) / 8, 8))
+    assert moderation.moderated_variance(0.04, 2, np.inf, 0.01) == (0.01, np.inf)
 
 
 # ---------------------------------------------------------------- interval and p-value
@@ -72,28 +73,28 @@ def test_mixture_p_value_is_the_exact_convolution(mean, se, scale, df):
     else:
         exact = 2 * integrate.quad(lambda z: sps.norm.pdf(z) * sps.t.sf((mean + se * z) / scale, df), -40, 40,
                                    limit=500, epsabs=1e-15)[0]
-    assert stats.mixture_p(mean, se, scale, df) == pytest.approx(exact, rel=1e-6)
+    assert moderation.mixture_p(mean, se, scale, df) == pytest.approx(exact, rel=1e-6)
 
 
 def test_p_value_has_resolution_below_the_replicate_floor():
     """The issue's case: per-seed gains +0.188, +0.184, +0.152; the bootstrap could not go below 0.001."""
     g = {"mean": 0.1747, "per_seed": [0.188, 0.184, 0.152], "se_boot": 0.029}
-    out = stats.moderated_gain(g, 8.0, 0.03**2)
+    out = moderation.moderated_gain(g, 8.0, 0.03**2)
     assert out["p_value"] < 1e-4 and out["verdict"] == "positive"
 
 
 def test_p_value_agrees_with_a_brute_force_bootstrap():
     """Where both are defined (p well above the replicate floor): today's rule counted from many replicates of the
-    cell's own bootstrap (stats.gain, 40,000 example resamples + t draws) against the mixture's exact p-value with
+    cell's own bootstrap (bootstrap.gain, 40,000 example resamples + t draws) against the mixture's exact p-value with
     the same ingredients (the seed mean's bootstrap SE and t on k - 1 df)."""
     from test_stats import classification
 
     rng = np.random.default_rng(7)
     for shift in (0.2, 0.35, 0.5):
         data = classification(rng, 3, shift, 0.3, n=256)
-        g = stats.gain(data, "accuracy", seed=3, n_boot=40000)
+        g = bootstrap.gain(data, "accuracy", seed=3, n_boot=40000)
         s = float(np.std(g["per_seed"], ddof=1))
-        exact = stats.mixture_p(g["mean"], g["se_boot"], s / np.sqrt(3), 2)
+        exact = moderation.mixture_p(g["mean"], g["se_boot"], s / np.sqrt(3), 2)
         tolerance = 4 * np.sqrt(exact * (1 - exact) / 40000) + 0.1 * exact  # MC error + the normal approximation
         assert abs(g["p_value"] - exact) < tolerance, (shift, g["p_value"], exact)
 
@@ -103,7 +104,7 @@ def test_verdict_and_p_value_say_the_same(seed):
     rng = np.random.default_rng(seed)
     g = {"mean": float(rng.normal(0, 0.08)), "per_seed": rng.normal(0, 0.05, 3).tolist(),
          "se_boot": float(rng.uniform(0.005, 0.05))}
-    out = stats.moderated_gain(g, float(rng.choice([0.5, 3.0, 20.0, np.inf])), float(rng.uniform(0.01, 0.06)) ** 2)
+    out = moderation.moderated_gain(g, float(rng.choice([0.5, 3.0, 20.0, np.inf])), float(rng.uniform(0.01, 0.06)) ** 2)
     assert (out["verdict"] != "neutral") == (out["p_value"] < 0.05)
     assert out["ci_low"] < out["mean"] < out["ci_high"]
     assert out["mean"] - out["ci_low"] == pytest.approx(out["ci_high"] - out["mean"])
@@ -190,24 +191,24 @@ def test_seeds_needed_by_hand():
     z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
     effect, se_boot, var = 0.1, 0.02, 0.05**2
     by_hand = int(np.ceil(var / ((effect / z) ** 2 - se_boot**2)))  # 0.0025 / (0.001274 - 0.0004) = 2.86 -> 3
-    assert by_hand == 3 and stats.seeds_needed(effect, se_boot, var, np.inf) == 3
-    assert stats.seeds_needed(0.05, 0.02, var, np.inf) is None  # 2.8 * 0.02 > 0.05: the test set is too small
+    assert by_hand == 3 and change.seeds_needed(effect, se_boot, var, np.inf) == 3
+    assert change.seeds_needed(0.05, 0.02, var, np.inf) is None  # 2.8 * 0.02 > 0.05: the test set is too small
     # finite degrees of freedom: the t quantiles on Satterthwaite's df, checked for k = 3 and 4 by hand
     def enough(k, d0):
         seed = var / k
         df = (se_boot**2 + seed) ** 2 / (seed**2 / (d0 + k - 1))
         return (sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)) * np.sqrt(se_boot**2 + seed) <= effect
-    assert not enough(3, 2) and enough(4, 2) and stats.seeds_needed(effect, se_boot, var, 2) == 4
+    assert not enough(3, 2) and enough(4, 2) and change.seeds_needed(effect, se_boot, var, 2) == 4
 
 
 def test_significance_rows_carry_seeds_for_the_gain_and_the_margin():
     rows, fdr = significance(seeded_records(shift=0.1), margin=0.3)
     assert fdr["margin"] == 0.3
     row = rows[0]
-    prior = analysis.moderate(seeded_records(shift=0.1))["priors"][stats.group_of("classification", "accuracy")]
+    prior = analysis.moderate(seeded_records(shift=0.1))["priors"][moderation.group_of("classification", "accuracy")]
     g = analysis.moderate(seeded_records(shift=0.1))["gains"][row["cell"]][row["language"]]
-    expected = stats.seeds_needed(0.3, g["se_boot"], g["seed_sd"] ** 2, stats.prior_d0(prior))
-    assert row["seeds_margin"] == (expected if expected is not None else f">{stats.MAX_SEEDS}")
+    expected = change.seeds_needed(0.3, g["se_boot"], g["seed_sd"] ** 2, moderation.prior_d0(prior))
+    assert row["seeds_margin"] == (expected if expected is not None else f">{change.MAX_SEEDS}")
 
 
 # ---------------------------------------------------------------- the baseline check with the prior
@@ -216,10 +217,10 @@ def test_change_test_with_a_prior_uses_the_moderated_seed_variance():
     old = {"mean": 0.10, "per_seed": [0.05, 0.10, 0.15], "se_boot": 0.03}
     new = {"mean": 0.20, "per_seed": [0.19, 0.20, 0.21], "se_boot": 0.03}
     d0, s02 = 4.0, 0.03**2
-    c = stats.change(old, new, prior=(d0, s02))
+    c = change.change(old, new, prior=(d0, s02))
     v_old, v_new = (d0 * s02 + 2 * 0.05**2) / 6, (d0 * s02 + 2 * 0.01**2) / 6
     assert c["se"] == pytest.approx(np.sqrt(2 * 0.03**2 + v_old / 3 + v_new / 3))
-    assert c["df"] > stats.change(old, new)["df"]
+    assert c["df"] > change.change(old, new)["df"]
 
 
 def test_priors_of_a_baseline_file_and_identical_records_pass():

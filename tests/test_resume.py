@@ -10,29 +10,21 @@ import time
 from pathlib import Path
 
 import pytest
-from micro_profile import grid_command
+from helpers import REPO, grid_command, grid_run, records
 
-from harness.results.record import load_records, record_path
+from harness.results.record import record_path
 
-ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("--models", "bert", "--tasks", "classification,sentiment", "--domains", "general,medical",
          "-k", "not sentiment-medical")
 FIRST, SECOND, THIRD = "bert-classification-general", "bert-classification-medical", "bert-sentiment-general"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 def _run(tmp: Path, *args) -> dict:
-    argv, env = grid_command(tmp / "results", tmp / "cache", *CELLS, *args)
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = grid_run(tmp, *CELLS, *args)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    return _records(tmp)
-
-
-def _records(tmp: Path) -> dict:
-    records, errors = load_records(tmp / "results")
-    assert errors == []
-    return {r["cell"]: r for r in records}
+    return records(tmp / "results")
 
 
 def _stamp(tmp: Path, cell: str) -> tuple:
@@ -44,7 +36,7 @@ def _kill_after_first_record(tmp: Path) -> None:
     """Start the grid and SIGKILL its whole process group as soon as the first cell's record exists, i.e.
     while the second cell is loading or training."""
     argv, env = grid_command(tmp / "results", tmp / "cache", *CELLS, "-n", "0")
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     first = record_path(tmp / "results", FIRST)
     try:
@@ -62,7 +54,7 @@ def _kill_after_first_record(tmp: Path) -> None:
 def killed_then_resumed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     _kill_after_first_record(tmp)
-    before = _records(tmp)
+    before = records(tmp / "results")
     first = _stamp(tmp, FIRST)
     after = _run(tmp, "-n", "0")
     return tmp, before, first, after

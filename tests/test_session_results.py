@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import run_pytest
 
 PLAIN_TESTS = '''
 import pytest
@@ -32,7 +33,9 @@ def snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
-def test_a_session_without_grid_cells_touches_no_results_folder(tmp_path, inner_pytest, workers):
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_session_without_grid_cells_touches_no_results_folder(tmp_path, workers):
     tests = tmp_path / "suite" / "test_plain.py"
     tests.parent.mkdir()
     tests.write_text(PLAIN_TESTS, encoding="utf-8")
@@ -46,8 +49,8 @@ def test_a_session_without_grid_cells_touches_no_results_folder(tmp_path, inner_
     before = snapshot(results)
     absent = tmp_path / "never-created"
     for folder in (results, absent):
-        proc = inner_pytest(str(tests), "-q", "-p", "no:cacheprovider", "--results-dir", str(folder), *workers,
-                            timeout=300)
+        proc = run_pytest(str(tests), "-q", "-p", "no:cacheprovider", "--results-dir", str(folder), *workers,
+                          timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "transfer-bench summary" not in proc.stdout
     assert snapshot(results) == before

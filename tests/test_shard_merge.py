@@ -1,15 +1,13 @@
 """`--shard I/N` and `python -m harness merge OUT DIR...` (harness/results/merge.py)."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_harness, run_pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from recordgen import make_record, tiny_grid_records, write_records
@@ -19,7 +17,6 @@ from harness.pytest.selection import parse_shard, shard_cells
 from harness.results.merge import MergeError, merge
 from harness.results.record import load_records, record_path
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = cells()
 
 
@@ -51,11 +48,12 @@ def test_shards_partition_the_cells_deterministically(selected, count, rnd):
         assert all(len(s) <= -(-len(ordered) // count) for s in shards)
 
 
-def _pytest_collect(*args, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "bench", "--co", "-q", "--cache-dir", str(cache), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _pytest_collect(*args, cache: Path):
+    return run_pytest("bench", "--co", "-q", "-p", "no:hypothesispytest", f"--cache-dir={cache}", *args, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_shard_option_splits_the_grid_between_jobs(tmp_path):
     ids = []
     for i in (1, 2):
@@ -137,13 +135,12 @@ def test_merge_refuses_unreadable_records_and_missing_dirs(tmp_path):
         merge(tmp_path / "merged", [tmp_path / "nowhere"])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_merge_command(tmp_path):
     dirs = _shards(tmp_path, tiny_grid_records()[:4])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "harness", "merge", str(tmp_path / "out"), *map(str, dirs)],
-                        capture_output=True, text=True, env=env, timeout=120)
+    ok = run_harness("merge", str(tmp_path / "out"), *map(str, dirs))
     assert ok.returncode == 0 and "merged 4 cells" in ok.stderr
     write_records(dirs[0], [make_record("xlnet", "similarity", "legal", profile="paper")])
-    refused = subprocess.run([sys.executable, "-m", "harness", "merge", str(tmp_path / "out2"), *map(str, dirs)],
-                             capture_output=True, text=True, env=env, timeout=120)
+    refused = run_harness("merge", str(tmp_path / "out2"), *map(str, dirs))
     assert refused.returncode == 2 and "profile 'paper' differs" in refused.stderr

@@ -1,57 +1,24 @@
 """--spec files: parsing, validation at load time (one-line errors naming file and key), effect on a profile."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import (
+    CONTRACTS,
+    PAIRS,
+    SHARED_DATA,
+    needs_shared_data,
+    run_pytest,
+    spec_error,
+    target_entry,
+    write_jsonl,
+    write_spec,
+    write_table,
+)
 
 from harness.definitions.grid import Cell
-from harness.definitions.specfile import SpecError, apply_spec
-from tests.conftest import write_jsonl, write_table
-
-CONTRACTS = [{"text": f"clause number {i} about payment", "label": ["fair", "unfair"][i % 2]} for i in range(8)]
-PAIRS = [{"a": f"sentence {i}", "b": f"another sentence {i}", "sim": i / 2} for i in range(6)]
-
-
-def target_entry(**changes) -> dict:
-    entry = dict(name="contracts", task="classification", domain="finance", path="contracts")
-    entry.update(changes)
-    return entry
-
-
-def toml_value(value) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
-    if isinstance(value, str):
-        return '"' + value + '"'
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def write_spec(path: Path, *entries: dict, extra: str = "") -> Path:
-    blocks = ["[[dataset]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in e.items()) for e in entries]
-    path.write_text("\n".join(blocks) + extra, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_jsonl(root / "contracts" / "train.jsonl", CONTRACTS)
-    write_jsonl(root / "contracts" / "test.jsonl", CONTRACTS[:4])
-    write_jsonl(root / "contracts-de" / "test.jsonl", CONTRACTS[4:])
-    write_table(root / "pairs" / "train.tsv", ["a", "b", "sim"], [list(r.values()) for r in PAIRS], "\t")
-    write_table(root / "pairs" / "test.tsv", ["a", "b", "sim"], [list(r.values()) for r in PAIRS[:3]], "\t")
-    return root
-
-
-def error(tiny_profile, spec, data_dir) -> str:
-    with pytest.raises(SpecError) as info:
-        apply_spec(tiny_profile, spec, data_dir)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(str(spec))
-    return message
+from harness.definitions.specfile import apply_spec
 
 
 def test_target_adds_a_domain_and_intermediate_replaces_the_task(tiny_profile, data, tmp_path):
@@ -86,7 +53,7 @@ def test_paths_are_relative_to_the_spec_folder_without_data_dir(tiny_profile, da
 
 
 def test_runner_reads_a_spec_target(tiny_profile, data, tmp_path):
-    from harness.running.assets import RunContext, load_dataset
+    from harness.running.context import RunContext, load_dataset
 
     spec = write_spec(tmp_path / "s.toml", target_entry(cross_lingual={"de": "contracts-de/test.jsonl"}))
     profile = apply_spec(tiny_profile, spec, data)
@@ -114,19 +81,19 @@ def test_runner_reads_a_spec_target(tiny_profile, data, tmp_path):
     (dict(role="intermediate", cross_lingual={"de": "contracts-de/test.jsonl"}), "cross_lingual", "never tested"),
 ])
 def test_bad_entries_name_the_key(tiny_profile, data, tmp_path, changes, key, words):
-    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
+    message = spec_error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
     assert f"[[dataset]] 1 (contracts) key '{key}'" in message and words in message
 
 
 def test_missing_required_key(tiny_profile, data, tmp_path):
     entry = target_entry()
     del entry["task"]
-    assert "key 'task': missing" in error(tiny_profile, write_spec(tmp_path / "s.toml", entry), data)
+    assert "key 'task': missing" in spec_error(tiny_profile, write_spec(tmp_path / "s.toml", entry), data)
 
 
 def test_label_set_differing_between_splits(tiny_profile, data, tmp_path):
     write_jsonl(data / "contracts" / "test.jsonl", CONTRACTS[:3] + [{"text": "odd clause", "label": "void"}])
-    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry()), data)
+    message = spec_error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry()), data)
     assert "key 'label': label set differs between splits" in message
     assert "test.jsonl: row 4 field 'label': unknown label 'void'" in message
 
@@ -136,7 +103,7 @@ def test_non_numeric_score(tiny_profile, data, tmp_path):
     write_table(data / "pairs" / "test.tsv", ["a", "b", "sim"], rows, "\t")
     spec = write_spec(tmp_path / "s.toml", dict(name="pairs", task="similarity", domain="general", format="tsv",
                                                 path="pairs", text_a="a", text_b="b", score="sim"))
-    message = error(tiny_profile, spec, data)
+    message = spec_error(tiny_profile, spec, data)
     assert "(pairs) key 'score'" in message and "row 3 field 'sim': score must be a number" in message
 
 
@@ -144,21 +111,21 @@ def test_similarity_rejects_classification_columns(tiny_profile, data, tmp_path)
     spec = write_spec(tmp_path / "s.toml", dict(name="pairs", task="similarity", domain="general", format="tsv",
                                                 path="pairs", label="sim"))
     assert "key 'label': does not apply to similarity (its columns: text_a, text_b, score)" in \
-        error(tiny_profile, spec, data)
+        spec_error(tiny_profile, spec, data)
 
 
 def test_two_targets_for_one_cell(tiny_profile, data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", target_entry(), target_entry(name="again"))
-    assert "[[dataset]] 2 (again) key 'domain': a second target" in error(tiny_profile, spec, data)
+    assert "[[dataset]] 2 (again) key 'domain': a second target" in spec_error(tiny_profile, spec, data)
 
 
 def test_file_level_errors(tiny_profile, data, tmp_path):
-    assert "spec file not found" in error(tiny_profile, tmp_path / "absent.toml", data)
+    assert "spec file not found" in spec_error(tiny_profile, tmp_path / "absent.toml", data)
     bad = tmp_path / "bad.toml"
     bad.write_text("[[dataset]\nname = 1\n")
-    assert "not valid TOML" in error(tiny_profile, bad, data)
+    assert "not valid TOML" in spec_error(tiny_profile, bad, data)
     top = write_spec(tmp_path / "top.toml", target_entry(), extra="\n[training]\nlr = 1\n")
-    assert "key 'training': unknown top-level key" in error(tiny_profile, top, data)
+    assert "key 'training': unknown top-level key" in spec_error(tiny_profile, top, data)
 
 
 def test_models_table(tiny_profile, data, tmp_path):
@@ -171,25 +138,21 @@ def test_models_table(tiny_profile, data, tmp_path):
     assert (models["roberta"].source, models["roberta"].revision) == ("xlm-roberta-base", "abc")
     assert models["xlnet"] == tiny_profile.models["xlnet"]
     wrong = write_spec(tmp_path / "w.toml", target_entry(), extra='\n[models]\ngpt = "gpt2"\n')
-    assert "[models] key 'gpt': unknown model row" in error(tiny_profile, wrong, data)
+    assert "[models] key 'gpt': unknown model row" in spec_error(tiny_profile, wrong, data)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plugin_turns_a_bad_spec_into_a_usage_error(data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", target_entry(task="topic"))
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench"), "--collect-only", "-q",
-                          "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
-                          "--results-dir", str(tmp_path / "results")],
-                         capture_output=True, text=True, cwd=root, timeout=300)
+    run = run_pytest("bench", "--collect-only", "-q", "-p", "no:hypothesispytest", f"--spec={spec}",
+                     f"--cache-dir={tmp_path / 'cache'}", f"--results-dir={tmp_path / 'results'}", timeout=300)
     assert run.returncode == 4, run.stdout + run.stderr
     assert f"{spec}: [[dataset]] 1 (contracts) key 'task': unknown task 'topic'" in run.stderr
     assert "Traceback" not in run.stderr
 
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.md").is_file(), reason=f"no real data at {SHARED_DATA}")
+@needs_shared_data
 def test_readme_worked_example(tmp_path):
     """The README's example spec applies to the minilm profile as documented."""
     import re
@@ -231,7 +194,7 @@ def test_profile_tables_in_a_spec(tiny_profile, data, tmp_path):
     ("\n[profile]\nseeds = 2\n", "key 'profile': unknown top-level key"),
 ])
 def test_bad_profile_tables_name_the_key(tiny_profile, data, tmp_path, extra, words):
-    assert words in error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(), extra=extra), data)
+    assert words in spec_error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(), extra=extra), data)
 
 
 @pytest.mark.parametrize("changes, key, words", [
@@ -241,5 +204,5 @@ def test_bad_profile_tables_name_the_key(tiny_profile, data, tmp_path, extra, wo
     (dict(sizes={"dev": 5}), "sizes", "positive integers"),
 ])
 def test_hub_keys_are_checked(tiny_profile, data, tmp_path, changes, key, words):
-    message = error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
+    message = spec_error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
     assert f"key '{key}'" in message and words in message

@@ -24,10 +24,11 @@ def test_unknown_task_lists_the_valid_ones():
 
 def test_a_spec_pair_classification_target_loads_with_its_own_columns(tiny_profile, tmp_path):
     """nli through the --spec path: text_a / text_b / label columns, a closed label set, a new cell row."""
+    from helpers import write_jsonl
+
     from harness.definitions.grid import Cell
     from harness.definitions.specfile import apply_spec
-    from harness.running.assets import RunContext, load_dataset
-    from tests.conftest import write_jsonl
+    from harness.running.context import RunContext, load_dataset
 
     rows = [{"p": f"premise {i}", "h": f"hypothesis {i}", "y": ["entailment", "neutral", "contradiction"][i % 3]}
             for i in range(12)]

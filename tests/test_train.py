@@ -4,29 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TOY, toy_split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
 from harness.definitions.metrics import accuracy, spearman
-from harness.running.models import build_model
-from harness.running.train import length_grouped_batches, predict, train
-
-TOY = TrainConfig(lr=2e-3, epochs=8, batch_size=16, max_length=16, warmup_ratio=0.1)
-
-
-def _toy_split(n: int = 96, seed: int = 0) -> Split:
-    """Label `a` when the cue word `ba` occurs, `b` when `mo` does; the rest is shared filler."""
-    rng = np.random.default_rng(seed)
-    filler = ["ti", "ke", "so", "pe", "ra", "lo", "nu", "di"]
-    texts, labels = [], []
-    for i in range(n):
-        words = list(rng.choice(filler, size=rng.integers(2, 7)))
-        words.insert(int(rng.integers(0, len(words) + 1)), "ba" if i % 2 else "mo")
-        texts.append(" ".join(words))
-        labels.append("a" if i % 2 else "b")
-    return Split("toy", texts, None, labels)
+from harness.training.models import build_model
+from harness.training.loop import length_grouped_batches, predict, train
 
 
 def _toy_pairs(n: int = 96, seed: int = 0) -> Split:
@@ -46,7 +32,7 @@ def _toy_pairs(n: int = 96, seed: int = 0) -> Split:
 
 def _setup(profile, tokenizers, family="bert", pairs=False, seed=0):
     tok = tokenizers[family]
-    split = _toy_pairs() if pairs else _toy_split()
+    split = _toy_pairs() if pairs else toy_split()
     labels = None if pairs else ["a", "b"]
     data = encode(tok, split, TOY.max_length, labels)
     model = build_model(profile.models[family], tok, 1 if pairs else 2, TOY.max_length, seed)

@@ -7,14 +7,15 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import run_pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
-from harness.running import flops
-from harness.running.models import build_model
-from harness.running.train import autocast, collate, eval_batches, lengths_of, predict, to_device, train
+from harness.training import flops
+from harness.training.models import build_model
+from harness.training.loop import autocast, collate, eval_batches, lengths_of, predict, to_device, train
 
 
 def _toy(tok, n: int = 48):
@@ -103,7 +104,7 @@ def test_throughput_block_and_peak_memory():
 
 
 def test_runner_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
-    from harness.running.assets import RunContext
+    from harness.running.context import RunContext
     from harness.running.cell import _throughput
 
     tok = tiny_tokenizers["roberta"]
@@ -150,9 +151,11 @@ GRID = re.compile(r"^bench/test_transfer\.py::test_transfer\[[\w-]+\]$", re.M)
     (("bench", "--benchmark-only"), 16, 27),  # training and prediction speed of 4 models, ensemble x 2 stages
     (("bench/test_speed.py",), 16, 0),
 ])
-def test_speed_benchmarks_stay_out_of_the_grid_run(inner_pytest, tiny_corpora, tmp_path, args, speed, grid):
-    proc = inner_pytest(*args, "--collect-only", "-q", "-p", "no:hypothesispytest", "--data-dir", str(tiny_corpora),
-                        "--cache-dir", str(tmp_path))
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_speed_benchmarks_stay_out_of_the_grid_run(tiny_corpora, tmp_path, args, speed, grid):
+    proc = run_pytest(*args, "--collect-only", "-q", "-p", "no:hypothesispytest", "--data-dir", str(tiny_corpora),
+                      "--cache-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(SPEED.findall(proc.stdout)) == speed and len(GRID.findall(proc.stdout)) == grid, proc.stdout
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SHARED_DATA, needs_shared_data
 
 from bench.reference import LOOPS, HarnessBatches, compare_loops, parity_case
-from harness.running.train import length_grouped_batches
+from harness.training.loop import length_grouped_batches
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 log = logging.getLogger(__name__)
 
 
@@ -49,10 +49,9 @@ def parity_cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-xlnet", "minilm"])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-xlnet",
+                                  pytest.param("minilm", marks=needs_shared_data)])
 def test_harness_matches_trainer_on_the_same_batches(name, tmp_path, parity_cache):
-    if name == "minilm" and not (SHARED_DATA / "MANIFEST.md").is_file():
-        pytest.skip(f"no real data at {SHARED_DATA}")
     try:
         case = parity_case(name, SHARED_DATA, parity_cache)
     except ValueError as err:  # minilm without its weights package

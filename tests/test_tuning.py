@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_pytest, write_jsonl
 
 from harness.definitions import data as D
 from harness.definitions.grid import Cell
@@ -20,10 +19,6 @@ from harness.definitions.space import SearchSpace, TuningError, parse_space
 from harness.definitions.specfile import SpecError, apply_spec
 from harness.definitions.tasks import task_type
 from harness.running.tuning import RISING, Search, convergence
-from tests.conftest import write_jsonl
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # ---------------------------------------------------------------- search space
 
@@ -69,13 +64,13 @@ def test_spec_tuning_table_replaces_the_profile_space_and_bad_one_fails_at_load(
     assert str(info.value).startswith(f"{bad} key 'tuning.lr': every value must be a positive number")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plugin_reports_a_bad_search_space_at_collection(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text("[tuning]\npatience = 0\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "--collect-only", "-q", "--tune",
-                          "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
-                          "--results-dir", str(tmp_path / "results")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = run_pytest("bench", "--collect-only", "-q", "-p", "no:hypothesispytest", "--tune", f"--spec={spec}",
+                     f"--cache-dir={tmp_path / 'cache'}", f"--results-dir={tmp_path / 'results'}", timeout=300)
     assert run.returncode == 4, run.stdout + run.stderr
     assert f"ERROR: {spec} key 'tuning.patience': must be an integer of at least 1, got 0" in run.stderr
     assert "Traceback" not in run.stderr
@@ -169,8 +164,8 @@ def _tiny_rows(profile, tok, limit: int):
 
 
 def test_train_stops_after_the_epoch_whose_hook_says_so(tiny_profile, tiny_tokenizers):
-    from harness.running.models import build_model
-    from harness.running.train import train
+    from harness.training.models import build_model
+    from harness.training.loop import train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     enc, labels = _tiny_rows(tiny_profile, tok, 32)
@@ -187,9 +182,9 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
     there), not those of the epoch its run stopped at."""
     from types import SimpleNamespace
 
-    from harness.running.cell import _select
-    from harness.running.models import build_model
-    from harness.running.train import train
+    from harness.running import arms
+    from harness.training.loop import train
+    from harness.training.models import build_model
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     enc, labels = _tiny_rows(tiny_profile, tok, 96)
@@ -200,8 +195,10 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
     hp = dataclasses.replace(tiny_profile.target_train, max_length=32)
     ctx = SimpleNamespace(profile=SimpleNamespace(target_train=hp), device="cpu", compile=False)
     space = SearchSpace(lr=(3e-3,), max_epochs=6, patience=1)
-    model, result, info = _select(ctx, lambda: build_model(spec, tok, len(labels), 32, seed=2), train_enc, val_enc,
-                                  space, "accuracy", 2, tok.pad_token_id, False, "t")
+    setup = arms.Setup(ctx, SimpleNamespace(id="t"), spec, tok, len(labels), hp, "cls", "cross", "random", train_enc,
+                       val_enc, "accuracy")
+    chosen = arms.tuned(setup, "direct", 2, space)
+    model, result, info = chosen.model, chosen.selected, chosen.info
     run = result["runs"][0]
     assert run["stopped"] == "patience" and len(run["curve"]) == run["best_epoch"] + 1  # trained one epoch past
     assert result["choice"]["epoch"] == run["best_epoch"]
@@ -220,8 +217,8 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
 
 def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokenizers):
     """The hook predicts between epochs: training must end with the same weights as without it (RNG untouched)."""
-    from harness.running.models import build_model
-    from harness.running.train import predict, train
+    from harness.training.models import build_model
+    from harness.training.loop import predict, train
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     enc, labels = _tiny_rows(tiny_profile, tok, 64)
@@ -281,7 +278,7 @@ def _tuned_cell(data_dir: Path, tmp: Path) -> dict:
     from micro_profile import micro
 
     from harness.pipeline import run_cell
-    from harness.running.assets import RunContext
+    from harness.running.context import RunContext
 
     profile = micro(data_dir, tmp / "cache")
     ctx = RunContext(profile=profile, results_dir=tmp / "results", cache_dir=tmp / "cache", seeds=[0, 1],
@@ -291,6 +288,7 @@ def _tuned_cell(data_dir: Path, tmp: Path) -> dict:
         return record, {k: z[k] for k in z.files if not k.startswith("y_true")}
 
 
+@pytest.mark.slow
 def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
     """The same tuned cell on data whose test labels are scrambled: every validation score, every choice and
     every test prediction must be the same (selection on test labels would change them); test scores differ."""

@@ -8,28 +8,22 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from micro_profile import grid_command
+from helpers import grid_run, records
 
-from harness.results.record import load_records
-
-ROOT = Path(__file__).resolve().parents[1]
 # Three cells in collection order cls-general, cls-medical, sent-general: under `--dist load` with two workers
 # they are dealt round-robin, so both workers start with a classification cell and need the same intermediate
 # model at the same time (the lock decides who trains it).
 CELLS = ("--models", "bert", "--tasks", "classification,sentiment", "--domains", "general,medical",
          "-k", "not sentiment-medical")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 def _run(tmp: Path, *args) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the cells with results and cache under `tmp`; return the completed process and records by cell."""
-    argv, env = grid_command(tmp / "results", tmp / "cache", *CELLS, *args)
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = grid_run(tmp, *CELLS, *args)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    records, errors = load_records(tmp / "results")
-    assert errors == []
-    return run, {r["cell"]: r for r in records}
+    return run, records(tmp / "results")
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +44,17 @@ def test_all_cells_ran_in_both_modes(serial, two_workers):
 
 
 def test_intermediate_models_trained_once_per_key_across_workers(two_workers):
-    records = two_workers[1]
+    by_cell = two_workers[1]
     trained = defaultdict(int)
-    for record in records.values():
+    for record in by_cell.values():
         for entry in record["intermediate"]:
             trained[entry["key"]] += entry["trained_here"]
     assert len(trained) == 2 and set(trained.values()) == {1}, trained
     # the two classification cells shared one key and ran on different workers at the same time
-    general, medical = records["bert-classification-general"], records["bert-classification-medical"]
+    general, medical = by_cell["bert-classification-general"], by_cell["bert-classification-medical"]
     assert general["intermediate_key"] == medical["intermediate_key"]
     assert general["env"]["xdist_worker"] != medical["env"]["xdist_worker"]
-    assert {r["env"]["xdist_worker"] for r in records.values()} == {"gw0", "gw1"}
+    assert {r["env"]["xdist_worker"] for r in by_cell.values()} == {"gw0", "gw1"}
 
 
 def test_metrics_identical_with_and_without_xdist(serial, two_workers):
@@ -81,27 +75,27 @@ def test_records_say_where_they_ran(serial, two_workers):
 
 def test_one_summary_with_every_cell(serial, two_workers):
     """The controller gathers every worker's cells into one terminal summary and one set of summary files."""
-    for run, records in (serial, two_workers):
+    for run, by_cell in (serial, two_workers):
         assert run.stdout.count("transfer-bench summary") == 1
         results = Path(run.args[run.args.index("--results-dir") + 1])
         summary = json.loads((results / "summary.json").read_text())
-        assert sorted(c["cell"] for c in summary["cells"]) == sorted(records)
+        assert sorted(c["cell"] for c in summary["cells"]) == sorted(by_cell)
         assert "summary.json" in run.stdout.split("transfer-bench summary", 1)[1]
 
 
 @pytest.fixture(scope="module")
 def ensemble_runs(tmp_path_factory):
-    """The cells with --ensemble (harness.running.ensemble) and two seeds, without xdist and with two workers."""
-    return [_run(tmp_path_factory.mktemp(name), "--ensemble", "--seeds", "2", *args)[1]
+    """The cells with --train-together (harness.training.together) and two seeds, without xdist and with two workers."""
+    return [_run(tmp_path_factory.mktemp(name), "--train-together", "--seeds", "2", *args)[1]
             for name, args in (("ensemble-serial", ("-n", "0")), ("ensemble-xdist", ("-n", "2", "--dist", "load")))]
 
 
 def test_ensemble_trains_each_group_of_intermediate_models_once(ensemble_runs):
     """The two seeds' intermediate models of a (model, task) train together once, in one of the cells that need
     them, whichever worker gets there first; every other cell reads both from the cache."""
-    for records in ensemble_runs:
+    for by_cell in ensemble_runs:
         trained = defaultdict(list)
-        for record in records.values():
+        for record in by_cell.values():
             for entry in record["intermediate"]:
                 assert entry["group"] == [0, 1]
                 trained[entry["key"]].append((record["cell"], entry["seed"], entry["trained_here"],

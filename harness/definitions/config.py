@@ -34,7 +34,7 @@ HEAD_INITS = ("random", "probe")  # a classification head's start: random | the 
 class ModelConfig:
     """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id.
 
-    `pooling` (None: what the checkpoint declares, harness.running.pooling), `similarity_head` and `head_init`
+    `pooling` (None: what the checkpoint declares, harness.training.pooling), `similarity_head` and `head_init`
     (None: the profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them
     where they differ from the seed recipe ([CLS] and a cross-encoder)."""
     name: str
@@ -121,7 +121,7 @@ class Profile:
     pooling: str | None = None  # every row's pooling unless the row sets its own (None: the checkpoint's)
     similarity_head: str = "cross"  # every row's similarity head unless the row or target sets its own
     head_init: str = "random"  # every row's classification-head start unless the row sets its own (LP-FT: probe)
-    ensemble: bool = False  # untuned cells: a cell's seeds and arms trained together (harness.running.ensemble)
+    train_together: bool = False  # untuned cells: a cell's seeds and arms trained together (harness.training.together)
 
     @property
     def domains(self) -> tuple:

@@ -265,7 +265,7 @@ def encode(tokenizer, split: Split, max_length: int, labels: list | None, separa
 
     `separate` (pairs, for a bi-encoder): each text tokenised on its own (up to `max_length` tokens, with its
     own special tokens) and the two packed in one row, token type 0 for the first text and 1 for the second
-    (harness.running.models.unpack_pairs splits them again)."""
+    (harness.training.models.unpack_pairs splits them again)."""
     if separate:
         a, b = (tokenizer(_head(texts, max_length), truncation=True, max_length=max_length,
                           return_attention_mask=False)["input_ids"] for texts in (split.texts, split.texts_b))

@@ -71,7 +71,8 @@ _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
-_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "ensemble": bool,
+_PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "train_together": bool,
+                 "ensemble": bool,  # the deprecated name of train_together
                  "pooling": str,
                  "similarity_head": str, "head_init": str}
 # keys of a closed set of values
@@ -114,7 +115,7 @@ def read_profile(profile_file: Path, name: str, data_dir: str | Path | None, cac
     root = Path(data_dir) if data_dir else Path(".")
     empty = Profile(name=name, models={}, targets={}, intermediates={}, data_root=root,
                     seeds=meta.get("seeds", 1), threads=meta.get("threads"), tune=meta.get("tune", False),
-                    ensemble=meta.get("ensemble", False),
+                    train_together=meta.get("train_together", meta.get("ensemble", False)),
                     pooling=meta.get("pooling"), similarity_head=meta.get("similarity_head", "cross"),
                     head_init=meta.get("head_init", "random"))
     profile = _apply(empty, doc, profile_file, root, cache_dir)

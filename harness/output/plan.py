@@ -88,10 +88,10 @@ def throughput(results_dir: Path, describe: str) -> float | None:
 
 
 def seeds_needed(results_dir: Path) -> dict[str, str]:
-    """{cell id: `en 3, de >50, ...`}: the seeds each earlier record's gains need (harness.output.summary
-    significance, over every usable record of the folder)."""
-    from harness.output.summary import significance
+    """{cell id: `en 3, de >50, ...`}: the seeds each earlier record's gains need (harness.results.significance,
+    over every usable record of the folder)."""
     from harness.results.record import load_records
+    from harness.results.significance import significance
 
     records, _ = load_records(results_dir)
     if not records:

@@ -21,7 +21,6 @@ from harness.output.summary import (
     BELOW_FLOOR_MARK,
     BELOW_FLOOR_NOTE,
     BEST_NOTE,
-    FDR,
     FDR_MARK,
     FDR_NOTE,
     MISSING,
@@ -33,6 +32,7 @@ from harness.output.summary import (
     floor_line,
     summarise,
 )
+from harness.results.significance import FDR
 
 FORMATS = ("markdown", "latex", "csv", "json")
 SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}

@@ -2,7 +2,7 @@
 
 Every output is rendered from one JSON-ready summary (`summarise`), so the formats cannot disagree:
 - main table: rows model, columns task x domain, entry `frozen / direct / +intermediate / gain (verdict)` in the
-  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.frozen); the best
+  cell's own (target) language and main metric (frozen: the untrained floor, harness.running.probe); the best
   model per column (highest score of either arm) marked;
 - cross-lingual: the gain per language of each cell and its mean over the cell's other languages (zero-shot);
 - robustness to domain shift: gain(domain) - gain(general) per model, task and language, with the interval
@@ -10,11 +10,11 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   configuration) the difference of the two gains without an interval, and a note why;
 - cost: seconds and examples/s per phase per cell, and the total; tuning trials per arm, and the optimizer steps
   behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
-- significance: per cell and language the gain under its rule (harness.results.analysis.moderate: the moderated
-  seed variance, or the cell's own interval), its p-value and Benjamini-Hochberg q-value across every gain of the
-  run, its minimum detectable change (what the baseline check catches with 80% power), the seeds that would
-  decide it, and how many verdicts survive a 5% false discovery rate: the same flags that put FDR_MARK on the
-  verdicts of every table;
+- significance, as harness.results.significance computes it: per cell and language the gain under its rule
+  (harness.results.analysis.moderate: the moderated seed variance, or the cell's own interval), its p-value and
+  Benjamini-Hochberg q-value across every gain of the run, its minimum detectable change (what the baseline check
+  catches with 80% power), the seeds that would decide it, and how many verdicts survive a 5% false discovery
+  rate: the same flags that put FDR_MARK on the verdicts of every table;
 - weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
@@ -28,7 +28,9 @@ from pathlib import Path
 
 from harness.definitions.grid import ARMS, DOMAINS, GENERAL, MODELS, TASKS, parse_cell_id
 from harness.results import analysis
+from harness.results.moderation import D0_MAX
 from harness.results.record import GAIN_FIELDS
+from harness.results.significance import FDR, significance
 
 MISSING = "missing"
 PHASES = ("load", "intermediate", "train", "eval")
@@ -153,57 +155,9 @@ def _cost_total(entries: list[dict]) -> dict:
     return total
 
 
-FDR = 0.05
 FDR_MARK = "\u2021"
 FDR_NOTE = (f"{FDR_MARK} the verdict survives FDR {FDR:.0%} (Benjamini-Hochberg across the run's gains); a verdict "
             "without it is called at 5% per gain")
-
-
-def _seeds_needed(g: dict, effect: float, priors: dict, group: str):
-    """Seeds with which a gain of size `effect` is decided with 80% power (harness.results.stats.seeds_needed):
-    an int, `>MAX` when even MAX seeds do not reach it, None without per-seed gains or test-set error."""
-    from harness.results.stats import MAX_SEEDS, prior_d0, seeds_needed
-
-    if len(g.get("per_seed") or []) < 2 or g.get("se_boot") is None:
-        return None
-    if g.get("rule") == analysis.MODERATED:
-        var, d0 = g["seed_sd"] ** 2, prior_d0(priors[group])
-    else:
-        var, d0 = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (len(g["per_seed"]) - 1)), 0.0
-    k = seeds_needed(effect, g["se_boot"], var, d0)
-    return f">{MAX_SEEDS}" if k is None else k
-
-
-def significance(records: list[dict], moderated: dict | None = None, margin: float | None = None
-                 ) -> tuple[list[dict], dict]:
-    """Per cell and language: the gain under its rule (harness.results.analysis.moderate), its p-value, the BH
-    q-value across all gains of these records that carry a p-value, whether its verdict survives FDR 5% (`fdr`),
-    the minimum detectable change and the seeds that would decide a gain of its size and of `margin` with 80%
-    power; and the count of verdicts that survive FDR 5% (the same `fdr` flags the tables mark)."""
-    from harness.results.baselines import MARGIN
-    from harness.results.stats import group_of
-
-    moderated = moderated or analysis.moderate(records)
-    margin = MARGIN if margin is None else margin
-    rows = []
-    for r in sorted(records, key=lambda r: r["cell"]):
-        group = group_of(r["task"], r["main_metric"])
-        for lang in r["languages"]:
-            g = moderated["gains"][r["cell"]][lang]
-            rows.append({"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS},
-                         "p_value": g.get("p_value"), "mdc": g.get("mdc"), "q_value": None, "fdr": False,
-                         "rule": g["rule"], "seeds_needed": _seeds_needed(g, g["mean"], moderated["priors"], group),
-                         "seeds_margin": _seeds_needed(g, margin, moderated["priors"], group)})
-    tested = [row for row in rows if row["p_value"] is not None]
-    if tested:
-        from harness.results.stats import q_values
-        for row, q in zip(tested, q_values([row["p_value"] for row in tested])):
-            row["q_value"] = float(q)
-            row["fdr"] = row["verdict"] in ("positive", "negative") and row["q_value"] < FDR
-            moderated["gains"][row["cell"]][row["language"]]["fdr"] = row["fdr"]
-    verdicts = [row for row in tested if row["verdict"] in ("positive", "negative")]
-    return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
-                  "survive": sum(row["fdr"] for row in verdicts), "margin": margin}
 
 
 def floor_count(records: list[dict]) -> dict:
@@ -231,8 +185,6 @@ def fdr_line(fdr: dict) -> str:
 
 def moderation_lines(moderation: dict) -> list[str]:
     """One line per fitted prior and per fallback (harness.results.analysis.moderate)."""
-    from harness.results.stats import D0_MAX
-
     lines = []
     for group, p in sorted(moderation["priors"].items()):
         fitted = "inf" if p["d0_fitted"] is None else f"{p['d0_fitted']:.1f}"

@@ -18,6 +18,7 @@ class Option:
     switch: bool = False  # a flag without a value (store_true)
     negated: str | None = None  # with `switch`: the flag that sets it False (unset: None, the profile decides)
     metavar: str | None = None
+    deprecated: tuple = ()  # old flags kept as aliases: (flag, negated flag) of a switch, said to be deprecated
 
     @property
     def dest(self) -> str:
@@ -49,10 +50,10 @@ OPTIONS = (
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model and shape bucket)", switch=True),
-    Option("--ensemble", "train a cell's seeds and both arms together as one grouped model, and the seeds' "
-           "intermediate models as another (untuned cells; other "
-           "per-seed numbers than sequential training, reproducible for the same --seeds; default in tiny; README: "
-           "Speed) | train them one after another", switch=True, negated="--no-ensemble"),
+    Option("--train-together", "train a cell's seeds and both arms together as one grouped model, and the seeds' "
+           "intermediate models as another (untuned cells; other per-seed numbers than sequential training, "
+           "reproducible for the same --seeds; default in tiny; docs/performance.md) | train them one after another",
+           switch=True, negated="--no-train-together", deprecated=("--ensemble", "--no-ensemble")),
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
            "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),
@@ -73,6 +74,11 @@ def add_options(parser) -> None:
             on, off = o.help.split(" | ")
             group.addoption(o.flag, dest=o.dest, action="store_true", default=None, help=on)
             group.addoption(o.negated, dest=o.dest, action="store_false", help=off)
+            if o.deprecated:
+                old_on, old_off = o.deprecated
+                group.addoption(old_on, dest=o.dest, action="store_true", default=None,
+                                help=f"deprecated alias of {o.flag}")
+                group.addoption(old_off, dest=o.dest, action="store_false", help=f"deprecated alias of {o.negated}")
             continue
         if o.switch:
             group.addoption(o.flag, dest=o.dest, action="store_true", help=o.help)
@@ -81,6 +87,12 @@ def add_options(parser) -> None:
         group.addoption(o.flag, dest=o.dest, default=None, metavar=o.metavar, help=text)
         if o.ini:
             parser.addini(o.dest, f"default {o.flag}", default=o.default or "")
+
+
+def deprecated_flags(args) -> list[str]:
+    """One line per deprecated alias among the command-line `args`, naming the flag to use instead."""
+    new = {old: new for o in OPTIONS for old, new in zip(o.deprecated, (o.flag, o.negated))}
+    return [f"{arg} is deprecated: use {new[arg]}" for arg in dict.fromkeys(args) if arg in new]
 
 
 def setting(config, name: str):

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from harness.definitions.grid import DOMAINS, MODELS, TASKS, Cell
-from harness.pytest.options import add_options
+from harness.pytest.options import add_options, deprecated_flags
 from harness.pytest.selection import CellGroupScheduling, cell_of, exit_description, select_by_keyword
 from harness.pytest.session import CellRunner, Session
 
@@ -43,11 +43,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_configure(config):
+    for line in deprecated_flags(config.invocation_params.args):
+        config.issue_config_time_warning(pytest.PytestDeprecationWarning(line), stacklevel=2)
     config.stash[_SESSION] = Session(config)
     config.pluginmanager.register(config.stash[_SESSION], "transfer_bench_session")  # its report hook
     for name in MODELS + TASKS + DOMAINS:
         config.addinivalue_line("markers", f"{name}: transfer-bench cells of {name}")
-    config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "xdist_group(name): cells that share an intermediate model (pytest-xdist "
                             "loadgroup); registered here too so runs without xdist do not warn")
 

@@ -175,16 +175,17 @@ class Session:
         if self._ctx is None:
             import torch
 
-            from harness.running.assets import RunContext
-            from harness.running.devices import default_device, threads_per_worker, usable_cores
+            from harness.running.context import RunContext
+            from harness.training.devices import default_device, threads_per_worker, usable_cores
             p = self.profile
             torch.set_num_threads(threads_per_worker(p.threads, usable_cores()))
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
                                    compile=self.config.getoption("compile"),
-                                   ensemble=p.ensemble if self.config.getoption("ensemble") is None
-                                   else self.config.getoption("ensemble"),
+                                   train_together=p.train_together
+                                   if self.config.getoption("train_together") is None
+                                   else self.config.getoption("train_together"),
                                    tune=p.tune if self.config.getoption("tune") is None else self.config.getoption("tune"))
         return self._ctx
 
@@ -323,7 +324,7 @@ class CellRunner:
         from harness.fileio import OutputError
         from harness.pipeline import run_cell
         from harness.results.record import RecordError, record_path
-        from harness.running.models import ModelError
+        from harness.training.models import ModelError
 
         self.node.user_properties.append((RAN_KEY, cell.id))
         ctx = self.session.context

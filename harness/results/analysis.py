@@ -16,7 +16,8 @@ import numpy as np
 
 from harness.definitions.grid import ARMS, GENERAL, parse_cell_id
 from harness.definitions.metrics import single_class
-from harness.results.baselines import detectable
+from harness.results import bootstrap, moderation
+from harness.results.change import cell_detectable
 from harness.results.record import FROZEN, UNINFORMATIVE, CellRecord, Interval, RecordError, load_predictions
 
 UNINFORMATIVE_NOTE = ("both arms predict one and the same class for every test example in every seed: the gain "
@@ -25,10 +26,8 @@ UNINFORMATIVE_NOTE = ("both arms predict one and the same class for every test e
 
 def cell_statistics(record: dict, arrays: dict) -> dict:
     """`record` (a cell's trained fields: harness.running.cell) with `metrics_se` and `gain` added, computed from
-    its predictions `arrays` (`y_true/LANG`, `ARM/LANG`: seeds x examples). Random streams: stats.stream_seed of
-    the cell, language (and arm), so the numbers do not depend on which other cells ran."""
-    from harness.results import stats
-
+    its predictions `arrays` (`y_true/LANG`, `ARM/LANG`: seeds x examples). Random streams: stream_seed of the
+    cell, language (and arm), so the numbers do not depend on which other cells ran."""
     cell, main, languages = record["cell"], record["main_metric"], record["languages"]
     classes = record["data"]["target"].get("labels") is not None
     metrics_se, gains = {arm: {} for arm in ARMS}, {}
@@ -37,15 +36,15 @@ def cell_statistics(record: dict, arrays: dict) -> dict:
     for lang in languages:
         y_true = arrays[f"y_true/{lang}"]
         for arm in ARMS:
-            metrics_se[arm][lang] = {main: stats.metric_se(y_true, np.asarray(arrays[f"{arm}/{lang}"]), main,
-                                                           stats.stream_seed(cell, lang, arm))}
+            metrics_se[arm][lang] = {main: bootstrap.metric_se(y_true, np.asarray(arrays[f"{arm}/{lang}"]), main,
+                                                               bootstrap.stream_seed(cell, lang, arm))}
         if floored:
-            metrics_se.setdefault(FROZEN, {})[lang] = {main: stats.metric_se(
-                y_true, np.asarray(arrays[f"{FROZEN}/{lang}"]), main, stats.stream_seed(cell, lang, FROZEN))}
+            metrics_se.setdefault(FROZEN, {})[lang] = {main: bootstrap.metric_se(
+                y_true, np.asarray(arrays[f"{FROZEN}/{lang}"]), main, bootstrap.stream_seed(cell, lang, FROZEN))}
             below += below_floor(cell, lang, main, y_true, arrays)
         direct, inter = list(arrays[f"direct/{lang}"]), list(arrays[f"intermediate/{lang}"])
-        gain = stats.gain(stats.arms(y_true, direct, inter), main, stats.stream_seed(cell, lang))
-        gain["mdc"] = detectable(gain, len(languages))
+        gain = bootstrap.gain(bootstrap.arms(y_true, direct, inter), main, bootstrap.stream_seed(cell, lang))
+        gain["mdc"] = cell_detectable(gain, len(languages))
         if classes and single_class(direct + inter):
             gain.update(verdict=UNINFORMATIVE, note=UNINFORMATIVE_NOTE)
         gains[lang] = gain
@@ -56,13 +55,12 @@ def below_floor(cell: str, lang: str, main: str, y_true, arrays: dict) -> list[d
     """The arms whose main metric is significantly below the frozen floor's on this test set: arm - floor with
     the paired bootstrap of a gain (the floor as the `direct` side, repeated for every seed: the same resampled
     examples score both), listed when its interval lies below zero."""
-    from harness.results import stats
-
     out = []
     for arm in ARMS:
         runs = np.atleast_2d(np.asarray(arrays[f"{arm}/{lang}"]))
         floor = np.repeat(np.atleast_2d(np.asarray(arrays[f"{FROZEN}/{lang}"])), len(runs), axis=0)
-        diff = stats.gain(stats.arms(y_true, floor, runs), main, stats.stream_seed(cell, lang, arm, FROZEN))
+        diff = bootstrap.gain(bootstrap.arms(y_true, floor, runs), main,
+                              bootstrap.stream_seed(cell, lang, arm, FROZEN))
         if diff["verdict"] == "negative":
             out.append({"arm": arm, "language": lang, **{k: diff[k] for k in ("mean", "ci_low", "ci_high")}})
     return out
@@ -87,7 +85,7 @@ def _incomparable(general: CellRecord, shifted: CellRecord) -> str | None:
 def robustness(results_dir: Path, records: list[CellRecord]) -> tuple[dict[str, dict[str, Interval]], list[str]]:
     """gain(domain) - gain(general) with its interval, per shifted-domain record and language, from the
     predictions of both cells under `results_dir`: ({cell id: {language: interval}}, one note per pair of
-    records that has none). Same random streams as always (stats.stream_seed of the shifted cell)."""
+    records that has none). Same random streams as always (bootstrap.stream_seed of the shifted cell)."""
     by_id = {r["cell"]: r for r in records}
     out, notes = {}, []
     for shifted in sorted(records, key=lambda r: r["cell"]):
@@ -116,16 +114,13 @@ def robustness(results_dir: Path, records: list[CellRecord]) -> tuple[dict[str, 
 
 
 def _intervals(shifted: CellRecord, general_saved: dict, shifted_saved: dict) -> dict[str, Interval]:
-    # harness.results.stats loads scipy (a second): imported only when there is a pair to analyse
-    from harness.results import stats
-
     out = {}
     for lang in shifted["languages"]:
         if f"y_true/{lang}" in general_saved and f"y_true/{lang}" in shifted_saved:
-            base, here = (stats.arms(s[f"y_true/{lang}"], s[f"direct/{lang}"], s[f"intermediate/{lang}"])
+            base, here = (bootstrap.arms(s[f"y_true/{lang}"], s[f"direct/{lang}"], s[f"intermediate/{lang}"])
                           for s in (general_saved, shifted_saved))
-            out[lang] = stats.robustness(base, here, shifted["main_metric"],
-                                         stats.stream_seed(shifted["cell"], lang, "robustness"))
+            out[lang] = bootstrap.robustness(base, here, shifted["main_metric"],
+                                             bootstrap.stream_seed(shifted["cell"], lang, "robustness"))
     return out
 
 
@@ -140,18 +135,16 @@ def moderate(records: list[CellRecord]) -> dict:
     """Every gain of `records` under the moderated rule where it applies: {"gains": {cell: {language: gain}},
     "priors": {group: prior}, "notes": [one line per fallback]}. Each gain keeps the record's fields and gets
     `rule` (MODERATED or SEED_T) and, moderated, `seed_sd` and `df`; the interval, verdict and p-value are the
-    rule's. A prior per task and main metric (harness.results.stats.fit_priors) needs MIN_CELLS cells with a seed
-    spread; without it (a cell run alone, one seed) or without per-seed gains, a gain keeps the record's interval
-    and bootstrap p-value (today's rule), and a note says so. Deterministic: the same records in any order give
+    rule's. A prior per task and main metric (harness.results.moderation.fit_priors) needs MIN_CELLS cells with a
+    seed spread; without it (a cell run alone, one seed) or without per-seed gains, a gain keeps the record's
+    interval and bootstrap p-value (today's rule), and a note says so. Deterministic: the same records in any order give
     the same answer."""
-    from harness.results import stats
-
     records = sorted(records, key=lambda r: r["cell"])
-    priors = stats.fit_priors((stats.group_of(r["task"], r["main_metric"]), r["cell"], g["per_seed"])
-                              for r in records for g in r["gain"].values() if _usable(g))
+    priors = moderation.fit_priors((moderation.group_of(r["task"], r["main_metric"]), r["cell"], g["per_seed"])
+                                   for r in records for g in r["gain"].values() if _usable(g))
     gains, notes, alone = {}, [], {}
     for r in records:
-        group = stats.group_of(r["task"], r["main_metric"])
+        group = moderation.group_of(r["task"], r["main_metric"])
         prior, out, lacking = priors.get(group), {}, []
         for lang in r["languages"]:
             g = r["gain"][lang]
@@ -160,7 +153,7 @@ def moderate(records: list[CellRecord]) -> dict:
                 if not _usable(g):
                     lacking.append(lang)
                 continue
-            new = stats.moderated_gain(g, stats.prior_d0(prior), prior["s0"] ** 2)
+            new = moderation.moderated_gain(g, moderation.prior_d0(prior), prior["s0"] ** 2)
             if g["verdict"] == UNINFORMATIVE:
                 new["verdict"] = UNINFORMATIVE
             out[lang] = {**g, **new, "rule": MODERATED}
@@ -171,7 +164,7 @@ def moderate(records: list[CellRecord]) -> dict:
             alone.setdefault(group, []).append(r["cell"])
         gains[r["cell"]] = out
     for group, cells in sorted(alone.items()):
-        notes.append(f"{group}: {len(cells)} cell(s) with a seed spread, a prior needs {stats.MIN_CELLS}: today's "
-                     f"rule ({SEED_T}) for {', '.join(cells)}")
+        notes.append(f"{group}: {len(cells)} cell(s) with a seed spread, a prior needs {moderation.MIN_CELLS}: "
+                     f"today's rule ({SEED_T}) for {', '.join(cells)}")
     return {"gains": gains, "priors": priors, "notes": notes}
 

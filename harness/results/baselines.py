@@ -8,8 +8,8 @@ baseline file as a set of records), plus `device` (kind: cpu, cuda, mps) and `pr
 Format 1 files (no per-seed gains and test-set standard errors) are refused in one line naming the file.
 
 The check (`judge`) tests the change, not the label. For each language of the baseline, the gain and each
-arm's main metric are compared as two independent estimates (harness.results.stats.change: both runs' seed spreads
-and test-set sampling, Welch's t). A cell makes m = 3 x languages such comparisons, so each uses a
+arm's main metric are compared as two independent estimates (harness.results.change.change: both runs' seed
+spreads and test-set sampling, Welch's t). A cell makes m = 3 x languages such comparisons, so each uses a
 1 - 0.05/m interval (Bonferroni): under no change the whole cell fails at most 5% of the time, not each of its
 comparisons. A comparison fails when
 - that interval of the change excludes zero and the change is larger than `margin`, or
@@ -31,7 +31,8 @@ from tabulate import tabulate
 
 from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
-from harness.results import stats
+from harness.results.change import cell_level, change
+from harness.results.moderation import fit_priors, group_of, prior_d0
 from harness.results.record import read_json
 
 FORMAT = 2
@@ -39,7 +40,6 @@ FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics",
           "gain", "env")
 COMPARED_GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict", "per_seed", "se_boot")
 MARGIN = 0.02  # default --baseline-margin (README: Verdicts and baselines, calibration)
-ALPHA = 0.05  # chance that a cell with no change fails (all its comparisons together)
 
 
 class BaselineError(Exception):
@@ -166,18 +166,8 @@ def _outcome(change: dict, margin: float) -> str:
     return "fail" if change["significant"] and abs(change["change"]) > margin else "ok"
 
 
-def cell_level(languages: int) -> float:
-    """The interval level of each comparison of a cell with this many languages (Bonferroni)."""
-    return 1 - ALPHA / (len(ARMS) + 1) / languages
-
-
-def detectable(gain: dict, languages: int) -> float:
-    """Minimum detectable change of a gain in a cell with this many languages (harness.results.stats.detectable)."""
-    return stats.detectable(gain, cell_level(languages))
-
-
 def priors_of(cells: dict) -> dict[str, dict]:
-    """Seed-variance priors of the gains (harness.results.stats.fit_priors, per task and main metric) fitted
+    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per task and main metric) fitted
     across every entry of `cells` ({cell id: {entry key: entry}}, a baseline file's cells): the prior with which
     the check moderates both runs' seed variances of a gain. Fixed by the baseline file, so a cell is judged
     the same alone, under -k, in shards and in any order."""
@@ -188,23 +178,23 @@ def priors_of(cells: dict) -> dict[str, dict]:
         except ValueError:
             continue
         for e in entries.values():
-            triples += [(stats.group_of(task, e["main_metric"]), cell, g["per_seed"]) for g in e["gain"].values()
+            triples += [(group_of(task, e["main_metric"]), cell, g["per_seed"]) for g in e["gain"].values()
                         if isinstance(g.get("per_seed"), list)]
-    return stats.fit_priors(triples)
+    return fit_priors(triples)
 
 
 def gain_prior(priors: dict, cell: str, main_metric: str) -> tuple[float, float] | None:
     """(d0, s0^2) of a cell's gains from `priors_of`, or None (no prior: the unmoderated change test)."""
     try:
-        prior = priors.get(stats.group_of(parse_cell_id(cell).task, main_metric))
+        prior = priors.get(group_of(parse_cell_id(cell).task, main_metric))
     except ValueError:
         return None
-    return None if prior is None else (stats.prior_d0(prior), prior["s0"] ** 2)
+    return None if prior is None else (prior_d0(prior), prior["s0"] ** 2)
 
 
 def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, float] | None = None) -> list[dict]:
     """One row per language of `old` and per quantity (the gain, each arm's main metric): `what`, the two
-    values, the `change` (harness.results.stats.change at `cell_level`; the gain's with the seed-variance
+    values, the `change` (harness.results.change.change at `cell_level`; the gain's with the seed-variance
     `prior` when given, see priors_of) and the `outcome`: ok, fail, weakened or strengthened."""
     rows, main = [], old["main_metric"]
     level = cell_level(len(old["languages"]))
@@ -214,7 +204,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, floa
                          "outcome": "fail", "why": "missing"})
             continue
         og, ng = old["gain"][lang], new["gain"][lang]
-        c = stats.change(og, ng, level, prior)
+        c = change(og, ng, level, prior)
         outcome, why = _outcome(c, margin), "significant change"
         if _reversed(og["verdict"], ng["verdict"]):
             outcome, why = "fail", "verdict reversed"
@@ -223,7 +213,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, floa
         rows.append({"language": lang, "what": "gain", "old": og, "new": ng, "change": c, "outcome": outcome,
                      "why": why if outcome == "fail" else ""})
         for arm in ARMS:
-            c = stats.change(_estimate(old, arm, lang, main), _estimate(new, arm, lang, main), level)
+            c = change(_estimate(old, arm, lang, main), _estimate(new, arm, lang, main), level)
             rows.append({"language": lang, "what": f"{arm} {main}", "old": old["metrics"][arm][lang][main],
                          "new": new["metrics"][arm][lang][main], "change": c, "outcome": _outcome(c, margin),
                          "why": "significant change" if _outcome(c, margin) == "fail" else ""})

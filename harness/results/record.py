@@ -26,7 +26,7 @@ from harness.fileio import atomic_write, atomic_write_text
 SCHEMA_VERSION = 1
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
 UNINFORMATIVE = "uninformative"  # both arms predict one and the same class: the gain says nothing about transfer
-FROZEN = "frozen"  # the frozen floor (harness.running.frozen): beside the ARMS under metrics / metrics_se, no seeds
+FROZEN = "frozen"  # the frozen floor (harness.running.probe): beside the ARMS under metrics / metrics_se, no seeds
 VERDICTS = ("positive", "negative", "neutral", UNINFORMATIVE)
 
 

@@ -1,6 +1,6 @@
 """Train and evaluate one cell: both arms for every seed, evaluated in every language, scored per seed.
 
-`run_cell` returns an `Outcome`: the record's fields that training determines (metrics per arm, language and
+`train_cell` returns an `Outcome`: the record's fields that training determines (metrics per arm, language and
 seed, data sizes, budget, tuning, timings, environment) and the per-example predictions. The statistics of
 the record (gains, intervals, standard errors, verdicts) are computed from those predictions by
 harness.results.analysis, and harness.pipeline writes both; tokenizers and intermediate checkpoints are
@@ -8,7 +8,6 @@ cached under the cache directory (jiant style: each stage leaves an inspectable 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -18,16 +17,16 @@ import numpy as np
 import torch
 
 from harness.definitions.grid import ARMS, Cell
-from harness.definitions.metrics import FUNCTIONS, main_metric, score
+from harness.definitions.metrics import main_metric, score
 from harness.definitions.tasks import task_type
-from harness.running import ensemble, flops, frozen, grouped, lpft, tuning
-from harness.running.assets import (Loaded, RunContext, _encode, heads_key, intermediate_body, load_dataset,
-                                    tokenizer_for)
-from harness.running.cache import fingerprint
-from harness.running.devices import precision
+from harness.fileio import fingerprint
+from harness.running import arms, probe, tuning
+from harness.running.context import Loaded, RunContext, encode, load_dataset, tokenizer_for
 from harness.running.environment import env_info
-from harness.running.models import build_model, cell_head_init, cell_heads
-from harness.running.train import lengths_of, predict, train
+from harness.running.heads import cell_head_init, cell_heads, heads_key
+from harness.training import flops, grouped
+from harness.training.devices import precision
+from harness.training.loop import lengths_of, predict
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +40,19 @@ class Outcome:
     reused: bool = False
 
 
-def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
+def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
     """Train and evaluate both arms of a cell for every seed. `finished(config_key)` returns a finished record
     of the same configuration to reuse (resume), or None to train.
 
-    With tuning (ctx.tune), each arm of each seed is selected on the validation split (_select) and only the
-    selected model is evaluated on the test sets; without, each arm trains once with the profile's recipe."""
+    Each arm and seed is trained by one strategy of harness.running.arms: tuned (ctx.tune: selected on the
+    validation split, only the selected model evaluated on the test sets), grouped (ctx.train_together, untuned
+    cells that stack) or sequential (the profile's recipe)."""
     p = ctx.profile
-    spec = p.models[cell.model]
     t0 = time.perf_counter()
     space = p.tuning if ctx.tune else None
     target = load_dataset(ctx, p.targets[(cell.task, cell.domain)],
                           validation_fraction=space.validation_fraction if space else None)
-    main = main_metric(cell.task, target.train.labels if target.labels else None, target.spec.main_metric)
+    main = main_metric(cell.task, target.train.labels if target.labels else None, target.dataset.main_metric)
     key = config_key(ctx, cell, target.digest, main[0])
     if not ctx.rerun:
         done = finished(key)
@@ -62,80 +61,39 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
             return Outcome(done, reused=True)
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
     flops.reset_peak_memory(ctx.device)
-    tok = tokenizer_for(ctx, cell.model)
-    hp = p.target_train
-    pooling, head = cell_heads(p, cell)  # both arms and the intermediate model use the same head
-    bi = head == "bi"
-    train_enc = _encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels, bi)
-    test_enc = {lang: _encode(ctx, tok, cell.model, s, hp.max_length, target.labels, bi)
-                for lang, s in target.tests.items()}
-    val_enc = _encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels, bi) if space else None
-    num_labels = task_type(cell.task).num_labels(target.labels)
-    pad, left = tok.pad_token_id, tok.padding_side == "left"
-    head_init = cell_head_init(p, cell)
-    probes = {arm: [] for arm in ARMS}  # head_init "probe": each arm and seed's probe (harness.running.lpft)
+    setup, test_enc = _setup(ctx, cell, target, main[0], space is not None)
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
-               "eval_s": 0.0, **({"probe_s": 0.0} if head_init == "probe" else {})}
-    train_examples = eval_examples = 0
+               "eval_s": 0.0, **({"probe_s": 0.0} if setup.head_init == "probe" else {})}
     preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
-    inter_meta, selected, epochs = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
-    stackable = _stackable(ctx, cell)
-    if ctx.ensemble and not stackable:
-        log.info("%s: --ensemble covers untuned cells with [CLS] pooling and a cross head started at random; "
-                 "training its seeds one after another", cell.id)
-    together = ensemble.train_cell(ctx, cell, spec, tok, num_labels, train_enc) if ctx.ensemble and stackable else {}
-    for seed in ctx.seeds:
-        for arm in ARMS:
-            body = None
-            if arm == "intermediate":
-                body, meta = (None, together[(arm, seed)][2]) if together else intermediate_body(ctx, cell, seed)
-                timings["intermediate_s"] += meta["seconds"]
-                inter_meta.append({"seed": seed, **meta})
-
-            start = {}  # head_init "probe": the output layer's start, fit once per arm and seed, shared by its runs
-
-            def fresh(body=body, seed=seed, arm=arm, start=start):
-                model = build_model(spec, tok, num_labels, hp.max_length, seed, pooling, head)
-                if body is not None:
-                    model.base_model.load_state_dict(body)
-                if head_init == "probe":
-                    if not start:
-                        state, meta = lpft.fit_head(model, num_labels, train_enc, val_enc, main[0],
-                                                    hp.eval_batch_size, ctx.device, pad, left)
-                        start.update(state=state)
-                        probes[arm].append({"seed": seed, **meta})
-                        timings["probe_s"] += meta["seconds"]
-                    lpft.load_head(model, num_labels, start["state"])
-                return model
-
-            desc = f"{cell.id} {arm} s{seed}"
-            if (arm, seed) in together:  # --ensemble: trained with the other seeds and arm (harness.running.ensemble)
-                model, info, _ = together[(arm, seed)]
-                epochs[arm].append(hp.epochs)
-            elif space is None:
-                model = fresh()
-                info = train(model, train_enc, hp, seed, ctx.device, pad, left, desc=desc, compile=ctx.compile)
-                epochs[arm].append(hp.epochs)
-            else:
-                model, result, info = _select(ctx, fresh, train_enc, val_enc, space, main[0], seed, pad, left, desc)
-                selected[arm].append(result)
-                epochs[arm].append(result["choice"]["epoch"])
-            timings["train_s"] += info["seconds"]
-            timings["validation_s"] += info["callback_seconds"]
-            train_examples += info["examples"]
-            t = time.perf_counter()
-            for lang, enc in test_enc.items():
-                preds[arm][lang].append(predict(model, enc, hp.eval_batch_size, ctx.device, pad, left))
-                eval_examples += len(enc)
-            timings["eval_s"] += time.perf_counter() - t
+    inter_meta, probes = [], {arm: [] for arm in ARMS}
+    epochs, selected = {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
+    train_examples = eval_examples = 0
+    pad, left = setup.pad
+    for arm, seed, run in _train_arms(setup, space):
+        if run.intermediate is not None:
+            timings["intermediate_s"] += run.intermediate["seconds"]
+            inter_meta.append({"seed": seed, **run.intermediate})
+        if run.probe is not None:
+            probes[arm].append(run.probe)
+            timings["probe_s"] += run.probe["seconds"]
+        epochs[arm].append(run.epochs)
+        selected[arm].append(run.selected)
+        timings["train_s"] += run.info["seconds"]
+        timings["validation_s"] += run.info["callback_seconds"]
+        train_examples += run.info["examples"]
+        t = time.perf_counter()
+        for lang, enc in test_enc.items():
+            preds[arm][lang].append(predict(run.model, enc, setup.hp.eval_batch_size, ctx.device, pad, left))
+            eval_examples += len(enc)
+        timings["eval_s"] += time.perf_counter() - t
     t = time.perf_counter()
-    floor, record_floor = frozen.floor(ctx, cell, target, tok, main[0])  # after the arms: their streams untouched
+    floor, record_floor = probe.floor(ctx, cell, target, setup.tokenizer, main[0])  # after the arms: streams untouched
     timings["frozen_s"] = time.perf_counter() - t
     record = _record(ctx, cell, target, test_enc, preds, inter_meta, main, key)
     record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
     record["frozen"] = record_floor
-    record["budget"] = _budget(ctx, inter, len(train_enc), epochs, selected if space else None)
-    if head_init == "probe":
+    record["budget"] = _budget(ctx, inter, len(setup.train_enc), epochs, selected if space else None)
+    if setup.head_init == "probe":
         record["head_init"] = {"mode": "probe", "arms": probes}
     if space is not None:
         record["tuning"] = _tuning_record(space, main[0], selected)
@@ -144,37 +102,44 @@ def run_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
                    eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
+    hp = setup.hp
     runs_epochs = hp.epochs if space is None else sum(map(_epochs_run, selected.values())) / (2 * len(ctx.seeds))
-    record["throughput"] = _throughput(ctx, model, runs_epochs, train_enc, test_enc, timings)
+    record["throughput"] = _throughput(ctx, run.model, runs_epochs, setup.train_enc, test_enc, timings)
     return Outcome(record, {**_arrays(test_enc, preds), **{f"frozen/{lang}": x[None] for lang, x in floor.items()}})
 
 
-def _select(ctx: RunContext, fresh, train_enc, val_enc, space: tuning.SearchSpace, metric: str, seed: int,
-            pad: int, left: bool, desc: str):
-    """One arm and seed's model, selected on the validation split: a run per learning rate of `space`, scored on
-    validation after each epoch and stopped early (harness.running.tuning; each run's schedule is planned for
-    `max_epochs`). Returns the selected model (the best epoch's weights), the search result
-    (harness.running.tuning.Search.result) and the runs' summed training info.
+def _setup(ctx: RunContext, cell: Cell, target: Loaded, metric: str, tuned: bool) -> tuple[arms.Setup, dict]:
+    """The cell's training setup (encoded splits, heads, recipe) and its encoded test splits per language."""
+    p = ctx.profile
+    tok = tokenizer_for(ctx, cell.model)
+    hp = p.target_train
+    pooling, head = cell_heads(p, cell)  # both arms and the intermediate model use the same head
+    bi = head == "bi"
+    test_enc = {lang: encode(ctx, tok, cell.model, s, hp.max_length, target.labels, bi)
+                for lang, s in target.tests.items()}
+    setup = arms.Setup(ctx, cell, p.models[cell.model], tok, task_type(cell.task).num_labels(target.labels), hp,
+                       pooling, head, cell_head_init(p, cell),
+                       encode(ctx, tok, cell.model, target.train, hp.max_length, target.labels, bi),
+                       encode(ctx, tok, cell.model, target.validation, hp.max_length, target.labels, bi)
+                       if tuned else None, metric)
+    return setup, test_enc
 
-    Only validation labels are read here: the test sets are predicted by the caller, after the choice."""
-    hp = ctx.profile.target_train
-    y_val = val_enc.targets
-    search = tuning.Search(space, lambda predictions: FUNCTIONS[metric](y_val, predictions))
-    total = {"seconds": 0.0, "callback_seconds": 0.0, "examples": 0}
-    for lr in space.lr:
-        model = fresh()
 
-        def validate(epoch, model=model, lr=lr):
-            return search.observe(lr, epoch, predict(model, val_enc, hp.eval_batch_size, ctx.device, pad, left),
-                                  model)
-
-        cfg = dataclasses.replace(hp, lr=lr, epochs=space.max_epochs)
-        info = train(model, train_enc, cfg, seed, ctx.device, pad, left, desc=f"{desc} lr={lr:g}",
-                     compile=ctx.compile, on_epoch=validate)
-        for k in total:
-            total[k] += info[k]
-    model.load_state_dict(search.state)
-    return model, search.result(seed), total
+def _train_arms(setup: arms.Setup, space):
+    """(arm, seed, ArmRun) in the order (seed, arm), by the cell's strategy; a sequential or tuned run is trained
+    when its turn comes, so one such model is held at a time."""
+    ctx, cell = setup.ctx, setup.cell
+    stackable = _stackable(ctx, cell)
+    if ctx.train_together and not stackable:
+        log.info("%s: --train-together covers untuned cells with [CLS] pooling and a cross head started at random; "
+                 "training its seeds one after another", cell.id)
+    runs = arms.grouped(setup) if ctx.train_together and stackable else None
+    for seed in ctx.seeds:
+        for arm in ARMS:
+            if runs is not None:
+                yield arm, seed, runs.pop((arm, seed))
+            else:
+                yield arm, seed, arms.tuned(setup, arm, seed, space) if space else arms.sequential(setup, arm, seed)
 
 
 def _tuning_record(space: tuning.SearchSpace, metric: str, selected: dict) -> dict:
@@ -231,10 +196,10 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tu
         "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
         "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
         "main_metric_reason": why,
-        "language": target.spec.language, "languages": list(test_enc),
+        "language": target.dataset.language, "languages": list(test_enc),
         "metrics": metrics, "metrics_per_seed": per_seed,
         "intermediate_key": inter_meta[0]["key"] if inter_meta else None, "intermediate": inter_meta,
-        "data": {"target": {"name": target.spec.name, "train": len(target.train),
+        "data": {"target": {"name": target.dataset.name, "train": len(target.train),
                             "test": {lang: len(s) for lang, s in target.tests.items()}, "digest": target.digest,
                             "labels": target.labels, **_validation_sizes(target)},
                  "intermediate": {"name": inter.name, "train": inter_meta[0]["examples"] if inter_meta else None}},
@@ -253,8 +218,8 @@ def _validation_sizes(target: Loaded) -> dict:
 
 
 def _stackable(ctx: RunContext, cell: Cell) -> bool:
-    """Whether --ensemble trains this cell: untuned, [CLS] pooling and a cross head started at random (what
-    harness.running.ensemble builds); other cells train their seeds one after another."""
+    """Whether --train-together trains this cell: untuned, [CLS] pooling and a cross head started at random (what
+    harness.training.together builds); other cells train their seeds one after another."""
     return (not ctx.tune and cell_heads(ctx.profile, cell) == ("cls", "cross")
             and cell_head_init(ctx.profile, cell) == "random")
 
@@ -266,12 +231,12 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        ([{"ensemble": grouped.STREAM}] if ctx.ensemble and _stackable(ctx, cell) else []) + \
+        ([{"ensemble": grouped.STREAM}] if ctx.train_together and _stackable(ctx, cell) else []) + \
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),
-                       {"frozen": frozen.RECIPE})
+                       {"frozen": probe.RECIPE})
 
 
 def _arrays(test_enc, preds) -> dict:

@@ -7,8 +7,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from harness.running import attention, buckets
-from harness.running.devices import cpu_name, precision
+from harness.training import attention, buckets
+from harness.training.devices import cpu_name, precision
 
 
 def git_commit() -> str | None:

@@ -22,7 +22,7 @@ _NORMALIZE_MODULE = "sentence_transformers.models.Normalize"
 
 class PoolingError(ValueError):
     """A checkpoint whose pooling declaration cannot be read; str() is one line naming the file
-    (harness.running.models turns it into a ModelError, the error a cell fails with)."""
+    (harness.training.models turns it into a ModelError, the error a cell fails with)."""
 
 
 def _modules(source: str) -> list | None:

@@ -111,7 +111,7 @@ def for_model(model, device, widths: list[int], batch_size: int, env=os.environ)
     config = model.config
     if not str(device).startswith("cuda") or getattr(config, "_attn_implementation", None) != "sdpa" or not widths:
         return contextlib.nullcontext()
-    from harness.running.devices import precision
+    from harness.training.devices import precision
 
     dtype = torch.bfloat16 if precision(device) == "bf16" else torch.float32  # what autocast computes in
     heads = config.num_attention_heads

@@ -4,15 +4,15 @@ Fast where it matters, without changing what is computed (on CPU a seed gives th
 - batches are length-grouped (examples sorted by length inside shuffled chunks, then the batches shuffled) and
   padded to the longest sequence in the batch, so little compute goes to padding; a batch of equal lengths
   (on short texts, most of them) goes without an attention mask; tokenisation happened once
-  before (runner memo and disk cache), collate only pads;
+  before (the run context's memo and disk cache), collate only pads;
 - fused AdamW and foreach gradient clipping: a few kernels over all tensors instead of a Python loop per tensor;
 - no host-device sync per step (losses stay on the device until the end);
 - prediction under inference_mode, in length-sorted batches of up to `batch_size` examples that hold about
   `batch_size` x mean-length tokens (long examples go in smaller batches: padding costs as much as real tokens);
 - on CUDA: bf16 autocast where the device supports it (devices.precision), pinned host memory with non-blocking
-  copies, batch widths rounded up to a few shape buckets (harness.running.buckets; CPU keeps exact widths), the SDPA
-  backends chosen by a probe (harness.running.attention), large evaluation batches; `compile=True` (pytest --compile)
-  compiles the step once per bucket (harness.running.compiled).
+  copies, batch widths rounded up to a few shape buckets (harness.training.buckets; CPU keeps exact widths), the SDPA
+  backends chosen by a probe (harness.training.attention), large evaluation batches; `compile=True` (pytest --compile)
+  compiles the step once per bucket (harness.training.compiled).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.running import attention, buckets
-from harness.running.compiled import CompiledSteps
-from harness.running.devices import precision
+from harness.training import attention, buckets
+from harness.training.compiled import CompiledSteps
+from harness.training.devices import precision
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,19 @@ def _quiet() -> bool:
     return "PYTEST_XDIST_WORKER" in os.environ or not log.isEnabledFor(logging.INFO) and os.environ.get("CI") == "true"
 
 
+def optimizer(params: list, cfg: TrainConfig, steps: int, stacked: bool = False):
+    """(AdamW, linear warm-up/decay schedule) of a training run of `steps` steps: fused AdamW with weight decay on
+    the weight matrices (tensors of two or more dimensions; `stacked`: of a grouped model, whose tensors carry the
+    member as an extra leading dimension) and none on biases and norms."""
+    from transformers import get_linear_schedule_with_warmup
+
+    matrix = 3 if stacked else 2
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= matrix], "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.ndim < matrix], "weight_decay": 0.0}],
+                            lr=cfg.lr, fused=True)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+
+
 def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int, left_pad: bool,
           desc: str = "train", compile: bool | str = False, on_epoch=None) -> dict:
     """Fine-tune all weights with AdamW and linear warm-up/decay. Returns timings and the loss curve.
@@ -120,8 +133,6 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     `on_epoch(epoch)`, when given, is called after each epoch (1-based), e.g. to score a validation split
     (harness.running.tuning); its time is returned as `callback_seconds` and is not part of `seconds`. When it
     returns True, training stops after that epoch (early stopping; the schedule stays planned for cfg.epochs)."""
-    from transformers import get_linear_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device).train()
@@ -132,10 +143,7 @@ def train(model, data: Encoded, cfg: TrainConfig, seed: int, device, pad_id: int
     lengths = lengths_of(data)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, fused=True)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    opt, sched = optimizer(params, cfg, steps)
     amp = autocast(device)
     losses, seen, start, hooked = [], 0, time.perf_counter(), 0.0
     bar = tqdm(total=steps, desc=desc, disable=_quiet(), leave=False)

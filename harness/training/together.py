@@ -1,21 +1,20 @@
-"""Seeds trained together (issue 22; the default of untuned tiny cells, pytest --ensemble / --no-ensemble): the
-untuned target training of a cell's arms, all seeds and both arms, as one grouped model (harness.running.grouped:
+"""Models trained together (the default of untuned tiny cells, pytest --train-together / --no-train-together): the
+untuned target training of a cell's arms, all seeds and both arms, as one grouped model (harness.training.grouped:
 the members folded into the batch), so a step does every member's work in one pass of larger kernels; likewise
-the intermediate models of the run's seeds (harness.running.assets.intermediate_body with `together`).
+the intermediate models of the run's seeds (harness.running.intermediate.intermediate_body with `together`).
 
 Each member keeps its own initialisation (build_model with its seed; the intermediate arm its seed's body), data
-order (numpy generator of its seed, as harness.running.train), loss, gradient clipping (per-member norm) and
+order (numpy generator of its seed, as harness.training.loop), loss, gradient clipping (per-member norm) and
 AdamW state (AdamW is elementwise: a stacked tensor's state is the members' states side by side). What members
 share: the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
 a member whose batch is short, the last one of an epoch, is padded with zero-weight rows) and the dropout
 stream (one generator seeded by the group draws every row's masks, so each member gets its own: on CPU a numpy
-generator, harness.running.grouped.GroupedDropout). So a seed's
+generator, harness.training.grouped.GroupedDropout). So a seed's
 numbers are not those of sequential training and depend on the group it trains in (the cell's seeds, part of the
 record's configuration key); the same group gives the same numbers on every run, alone or under xdist (CPU).
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.running.grouped import group
-from harness.running.train import autocast, eval_batches, length_grouped_batches, lengths_of
+from harness.training.grouped import group
+from harness.training.loop import autocast, eval_batches, length_grouped_batches, lengths_of, optimizer
 
 
 def group_seed(seeds) -> int:
@@ -68,7 +67,7 @@ def _pad(data: Encoded, batches: list, width: int, size: int, pad_id: int, left_
 
 
 class Stacked:
-    """k models of one architecture as one grouped model (harness.running.grouped: the members folded into the
+    """k models of one architecture as one grouped model (harness.training.grouped: the members folded into the
     batch); `params` maps each parameter name to the members' stacked tensor [k, ...]."""
 
     def __init__(self, models: list, device, family: str, seed: int = 0):
@@ -104,9 +103,7 @@ def _tensor(array, device):
 def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, seeds: list, device, pad_id: int,
                    left_pad: bool) -> list[dict]:
     """Train `models` (member m with data order `seeds[m]`) together; their weights are updated in place. Returns
-    one info dict per member, as harness.running.train.train (each member's `seconds`: the wall time / k)."""
-    from transformers import get_linear_schedule_with_warmup
-
+    one info dict per member, as harness.training.loop.train (each member's `seconds`: the wall time / k)."""
     torch.manual_seed(group_seed(seeds))
     k = len(models)
     rngs = [np.random.default_rng(s) for s in seeds]
@@ -119,10 +116,7 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     steps = cfg.epochs * per_epoch
     params = list(stack.params.values())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 3], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 3], "weight_decay": 0.0}],
-                            lr=cfg.lr, fused=True)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    opt, sched = optimizer(params, cfg, steps, stacked=True)
     regression = data.targets.dtype.kind == "f"
     losses, start = [], time.perf_counter()
     for _ in range(cfg.epochs):
@@ -185,30 +179,3 @@ def predict_together(models: list, family: str, data: Encoded, batch_size: int, 
     result = np.empty_like(preds)
     result[:, order] = preds
     return list(result)
-
-
-def train_cell(ctx, cell, spec, tokenizer, num_labels: int, train_enc: Encoded) -> dict:
-    """Both arms of every seed of an untuned cell trained together: {(arm, seed): (model, info, intermediate
-    metadata or None)}, members in the order (seed, arm) of the sequential loop. Each intermediate member starts
-    from its seed's intermediate body, read from the cache or trained with the other seeds' intermediate models as
-    one group (harness.running.assets.intermediate_body with `together`)."""
-    from harness.definitions.grid import ARMS
-    from harness.running.assets import intermediate_body
-    from harness.running.models import build_model
-
-    hp = ctx.profile.target_train
-    pad, left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
-    together = functools.partial(train_together, family=spec.family, cfg=ctx.profile.intermediate_train,
-                                 device=ctx.device, pad_id=pad, left_pad=left)  # the intermediate group
-    members, models, metas = [], [], []
-    for seed in ctx.seeds:
-        for arm in ARMS:
-            model, meta = build_model(spec, tokenizer, num_labels, hp.max_length, seed), None
-            if arm == "intermediate":
-                body, meta = intermediate_body(ctx, cell, seed, together=together)
-                model.base_model.load_state_dict(body)
-            members.append((arm, seed))
-            models.append(model)
-            metas.append(meta)
-    infos = train_together(models, spec.family, train_enc, hp, [seed for _, seed in members], ctx.device, pad, left)
-    return {member: (model, info, meta) for member, model, info, meta in zip(members, models, infos, metas)}

@@ -123,7 +123,7 @@ class GroupedLayerNorm(nn.Module):
         super().__init__()
         if any(m.weight is None or m.bias is None for m in mods):
             raise NotImplementedError("grouped LayerNorm: a layer norm without a scale or shift "
-                                      "(elementwise_affine=False or bias=False); train this model with --no-ensemble")
+                                      "(elementwise_affine=False or bias=False); train this model with --no-train-together")
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in mods]))  # [k, hidden]
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in mods]))
         self.eps, self.shape, self.batch_dim = mods[0].eps, tuple(mods[0].normalized_shape), batch_dim
