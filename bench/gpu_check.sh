@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call GPU check (issue 22): run once on a machine with a GPU, bring back the output folder.
+# The one-call GPU check (docs/performance.md): run once on a machine with a GPU, bring back the output folder.
 #
 #   bash bench/gpu_check.sh [--data-dir DIR] [--out DIR] [--wheels DIR] [--cpu] [--dry-run] [--no-install]
 #

@@ -12,7 +12,8 @@ the data random token ids with lengths uniform in [max_length/8, max_length]. Ea
 process (so its first epoch pays what a fresh run pays: attention plans, probes, compilation; CUDA's context and
 cuBLAS are warmed up first, for every setting alike), through harness.training.loop one epoch at a time on one model per
 batch size; its batch sizes run one after the other in that process. Settings:
-- exact: batches padded to their longest example, torch's own SDPA backend choice (the GPU path before issue 15);
+- exact: batches padded to their longest example, torch's own SDPA backend choice (the GPU path before shape
+  buckets and the backend probe);
 - b8, b16, b32: widths rounded up to multiples of 8/16/32 and the SDPA backends chosen by the probe
   (harness.training.attention); b16 is the harness's GPU default (harness.training.buckets.GPU_MULTIPLE);
 - compile (with --compile; minutes, not seconds): b16 with compiled steps, one graph per bucket;

@@ -1,4 +1,4 @@
-"""Peak memory of loading and tokenising a data set that has one very long line (issue 13 item 12).
+"""Peak memory of loading and tokenising a data set that has one very long line (docs/performance.md).
 
 Writes a JSONL training split of 200 ordinary lines and one line of `--mb` megabytes, then in a fresh
 process loads it (harness.definitions.data.load_split) and tokenises it (harness.definitions.data.encode, max_length 128) with a

@@ -1,9 +1,9 @@
 """Hugging Face `Trainer` on the same model, data and hyper-parameters as harness.training.loop: the reference that the
 parity test (tests/test_trainer_parity.py) and the speed benchmark (bench/test_speed.py) compare the loop with.
 
-Trainer is set up as its users set it up (run_glue style): DataCollatorWithPadding, padding each batch to its
-longest example (or, as run_glue.py does by default, every example to the maximum length: pad_to_max_length),
-Trainer's default optimizer (fused AdamW, no weight decay on biases and LayerNorm weights, as in train.py), the
+Trainer is set up as its users set it up (run_glue style): DataCollatorWithPadding, padding each batch to its longest
+example (or, as run_glue.py does by default, every example to the maximum length: pad_to_max_length), Trainer's
+default optimizer (fused AdamW, no weight decay on biases and LayerNorm weights, as in harness.training.loop), the
 same learning rate, linear warm-up steps, weight decay, gradient clipping, batch sizes and epochs; bf16 where the
 harness uses it. Logging, checkpoints and reporting integrations are off so they cost nothing.
 
@@ -90,7 +90,8 @@ def make_trainer(model, tokenizer, data: Encoded, cfg: TrainConfig, seed: int, o
 
 
 def trainer_predict(trainer, data: Encoded) -> np.ndarray:
-    """Class ids (or regression scores) in the order of `data`, from `trainer.predict` (as harness.predict)."""
+    """Class ids (or regression scores) in the order of `data`, from `trainer.predict` (as
+    harness.training.loop.predict)."""
     logits = np.asarray(trainer.predict(to_dataset(data, with_labels=False)).predictions, dtype=np.float32)
     return logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1).astype(np.float32)
 

@@ -1,5 +1,5 @@
-"""The baseline rule by simulation (harness.results.baselines.judge on records built with harness.results.bootstrap, as the runner
-builds them): how often a cell with no change fails (false alarms), and how often a change of a given size is
+"""The baseline rule by simulation (harness.results.baselines.judge on records built with harness.results.bootstrap,
+as a cell builds them): how often a cell with no change fails (false alarms), and how often a change of a given size is
 caught (power), at the tiny grid's test-set size (256 examples per language), 3 languages and 3 seeds.
 
 "No change" is what the check must tolerate: the same code with new randomness (other seeds, another
@@ -84,10 +84,11 @@ def power(shift: float, reps: int = 40, seed_sd: float = 0.3) -> tuple[float, fl
 
 @pytest.mark.slow
 def test_power_grows_with_the_change():
-    """The power curve (see README, calibration): the intermediate arm of the new run loses `shift` in logit
-    (0 to 4: its gain falls by 0 to about 0.6). The recorded minimum detectable change (MDC) assumes the other
-    run as noisy as this one; a run whose intermediate arm collapsed disagrees with the direct arm on more
-    examples, so its gain is noisier and 80% power comes only at about 1.5 MDC (measured: 49% at 1.0 MDC)."""
+    """The power curve (docs/statistics.md: calibration of the baseline check): the intermediate arm of the new run
+    loses `shift` in logit (0 to 4: its gain falls by 0 to about 0.6). The recorded minimum detectable change (MDC)
+    assumes the other run as noisy as this one; a run whose intermediate arm collapsed disagrees with the direct arm
+    on more examples, so its gain is noisier and 80% power comes only at about 1.5 MDC (measured: 49% at 1.0
+    MDC)."""
     curve = [power(-shift) for shift in (0.0, 1.0, 2.0, 3.0, 4.0)]
     for rate, size, mdc in curve:
         print(f"mean |change| {size:.3f}: caught {rate:.0%} (mean MDC {mdc:.3f})")

@@ -1,4 +1,4 @@
-"""Device and thread assignment per xdist worker (harness/running/devices.py and the root conftest.py)."""
+"""Device and thread assignment per xdist worker (harness/training/devices.py and the root conftest.py)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The frozen floor (harness/running/frozen.py) and heads that fit the checkpoint (harness/running/pooling.py,
+"""The frozen floor (harness/running/probe.py) and heads that fit the checkpoint (harness/training/pooling.py,
 models.PooledModel): pooling detection, the floor against independent computations, the bi-encoder's packing."""
 from __future__ import annotations
 
@@ -132,6 +132,7 @@ def test_cosine_floor_matches_sentence_transformers(minilm):
     assert ours_s > 0.6 and abs(ours_s - theirs_s) < 0.01
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_probe_matches_an_independent_scikit_learn_probe(minilm, tmp_path):
     """The floor of a classification cell (SIB-200 en, C chosen on its own dev rows) against a probe built here

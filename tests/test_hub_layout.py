@@ -123,7 +123,7 @@ def hub(tmp_path_factory):
 
 
 def load_all(spec, root: Path, cache: Path) -> dict:
-    """Every split the runner reads, through harness.definitions.data (the `format = "hf"` path)."""
+    """Every split a cell reads, through harness.definitions.data (the `format = "hf"` path)."""
     spec = local(spec, root)
     train = D.load_split(spec, Path("."), "train", cache_dir=cache)
     if spec.role == "intermediate":

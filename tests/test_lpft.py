@@ -1,4 +1,4 @@
-"""LP-FT (harness/running/lpft.py): `head_init = "probe"` starts a classification head's output layer from the
+"""LP-FT (harness/running/probe.py): `head_init = "probe"` starts a classification head's output layer from the
 logistic regression of what that layer reads; the settings, their one-line errors, and what a cell records."""
 from __future__ import annotations
 

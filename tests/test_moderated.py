@@ -1,4 +1,4 @@
-"""The moderated rule (issue 21): the seed-variance prior across a run's gains (limma's fitFDist), the
+"""The moderated rule (docs/statistics.md): the seed-variance prior across a run's gains (limma's fitFDist), the
 interval and p-value of a gain as one distribution (mixture of the bootstrap's normal and the seed term's t),
 fallbacks to today's rule, order / shard invariance of the summary, FDR marks that agree with the FDR line,
 and the seeds-needed column. The false-positive rate and FDR by simulation: tests/test_moderated_simulation.py."""
@@ -77,7 +77,7 @@ def test_mixture_p_value_is_the_exact_convolution(mean, se, scale, df):
 
 
 def test_p_value_has_resolution_below_the_replicate_floor():
-    """The issue's case: per-seed gains +0.188, +0.184, +0.152; the bootstrap could not go below 0.001."""
+    """The motivating case: per-seed gains +0.188, +0.184, +0.152; the bootstrap could not go below 0.001."""
     g = {"mean": 0.1747, "per_seed": [0.188, 0.184, 0.152], "se_boot": 0.029}
     out = moderation.moderated_gain(g, 8.0, 0.03**2)
     assert out["p_value"] < 1e-4 and out["verdict"] == "positive"
@@ -114,8 +114,9 @@ def test_verdict_and_p_value_say_the_same(seed):
 
 def test_a_grid_is_moderated_and_each_gain_names_its_rule():
     out = analysis.moderate(seeded_records())
-    assert set(out["priors"]) == {"classification (accuracy)", "sentiment (accuracy)", "similarity (spearman)"}
-    assert all(p["cells"] == 9 and p["gains"] == 27 for p in out["priors"].values())
+    assert set(out["priors"]) == {f"{m}-{t} ({metric})" for m in ("bert", "roberta", "xlnet") for t, metric in
+                                  (("classification", "accuracy"), ("sentiment", "accuracy"), ("similarity", "spearman"))}
+    assert all(p["cells"] == 3 and p["gains"] == 9 for p in out["priors"].values())  # a prior per model and task
     assert {g["rule"] for gains in out["gains"].values() for g in gains.values()} == {analysis.MODERATED}
     assert out["notes"] == []
 
@@ -205,7 +206,8 @@ def test_significance_rows_carry_seeds_for_the_gain_and_the_margin():
     rows, fdr = significance(seeded_records(shift=0.1), margin=0.3)
     assert fdr["margin"] == 0.3
     row = rows[0]
-    prior = analysis.moderate(seeded_records(shift=0.1))["priors"][moderation.group_of("classification", "accuracy")]
+    model, task = row["cell"].split("-")[:2]
+    prior = analysis.moderate(seeded_records(shift=0.1))["priors"][moderation.group_of(model, task, "accuracy")]
     g = analysis.moderate(seeded_records(shift=0.1))["gains"][row["cell"]][row["language"]]
     expected = change.seeds_needed(0.3, g["se_boot"], g["seed_sd"] ** 2, moderation.prior_d0(prior))
     assert row["seeds_margin"] == (expected if expected is not None else f">{change.MAX_SEEDS}")
@@ -227,9 +229,9 @@ def test_priors_of_a_baseline_file_and_identical_records_pass():
     records = seeded_records()
     cells = {r["cell"]: {"cpu-fp32": {**baselines.entry({**r, "env": {"device": "cpu"}})}} for r in records}
     priors = baselines.priors_of(cells)
-    assert set(priors) == {"classification (accuracy)", "sentiment (accuracy)", "similarity (spearman)"}
+    assert len(priors) == 9 and "roberta-similarity (spearman)" in priors
     assert baselines.gain_prior(priors, "bert-sentiment-legal", "accuracy")[1] == pytest.approx(
-        priors["sentiment (accuracy)"]["s0"] ** 2)
+        priors["bert-sentiment (accuracy)"]["s0"] ** 2)
     assert all(baselines.check(r, cells, "b.json", priors=priors).status == "ok" for r in records)
 
 

@@ -40,6 +40,7 @@ def test_minilm_rows_and_cells(tmp_path):
     assert not p.intermediates["similarity"].splits
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
     from harness.running.context import RunContext, load_dataset

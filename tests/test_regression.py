@@ -8,7 +8,7 @@ the intermediate training set of TASK has shuffled labels. Three cells of two mo
 - alone: the legal cell by itself, fresh cache, --strict-baselines;
 - degraded: the cells with the classification intermediate set's labels shuffled, checked against the baseline:
   the classification cell must fail with a table of what changed and the sentiment cells must pass. This is
-  the power case of the baseline rule on a real regression (README: Verdicts and baselines).
+  the power case of the baseline rule on a real regression (docs/statistics.md: the baseline check).
 Further runs reuse the recorded results (finished records are not trained again) to check what happens with
 no baseline, with --strict-baselines, and with a corrupt baseline file.
 """

@@ -1,4 +1,4 @@
-"""A pytest session that runs no grid cell leaves the results folder alone (issue 21, part 5): `pytest tests`
+"""A pytest session that runs no grid cell leaves the results folder alone: `pytest tests` once
 rewrote the `results/summary.*` of a user's grid run, because under xdist a test whose id looks like a cell id
 (`test_x[bert-classification-general]`) counted as a selected grid cell. Now only cells that the
 `transfer_bench` fixture ran lead to a summary."""

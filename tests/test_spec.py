@@ -52,7 +52,7 @@ def test_paths_are_relative_to_the_spec_folder_without_data_dir(tiny_profile, da
         str((data / "contracts").resolve())
 
 
-def test_runner_reads_a_spec_target(tiny_profile, data, tmp_path):
+def test_a_cell_reads_a_spec_target(tiny_profile, data, tmp_path):
     from harness.running.context import RunContext, load_dataset
 
     spec = write_spec(tmp_path / "s.toml", target_entry(cross_lingual={"de": "contracts-de/test.jsonl"}))
@@ -153,20 +153,23 @@ def test_plugin_turns_a_bad_spec_into_a_usage_error(data, tmp_path):
 
 
 @needs_shared_data
-def test_readme_worked_example(tmp_path):
-    """The README's example spec applies to the minilm profile as documented."""
+@pytest.mark.parametrize("doc", ["README.md", "docs/data.md"])
+def test_documented_worked_example(tmp_path, doc):
+    """The example spec of the README (minimal) and of docs/data.md (full) applies to the minilm profile as
+    documented."""
     import re
 
     from harness.definitions.profiles import load_profile
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8")
     spec = tmp_path / "my-data.toml"
-    spec.write_text(re.search(r"```toml\n(# my-data\.toml\n.*?)```", readme, re.S).group(1), encoding="utf-8")
-    profile = load_profile("minilm", SHARED_DATA, tmp_path, spec=str(spec))
+    spec.write_text(re.search(r"```toml\n(# my-data\.toml\n.*?)```", text, re.S).group(1), encoding="utf-8")
+    profile = load_profile("minilm", SHARED_DATA, tmp_path, spec_file=str(spec))
     assert profile.domains[-1] == "products"
     assert profile.skip_reason(Cell("bert", "sentiment", "products")) is None
-    legal = profile.targets[("classification", "legal")]
-    assert (legal.name, legal.language, sorted(legal.cross_lingual)) == ("unfair_tos-de", "de", ["en", "it", "pl"])
+    if doc == "docs/data.md":
+        legal = profile.targets[("classification", "legal")]
+        assert (legal.name, legal.language, sorted(legal.cross_lingual)) == ("unfair_tos-de", "de", ["en", "it", "pl"])
 
 
 def test_profile_tables_in_a_spec(tiny_profile, data, tmp_path):

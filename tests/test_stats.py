@@ -161,7 +161,7 @@ def test_identical_arms_have_zero_gain_and_a_neutral_verdict(cell):
     data = _random_classification(*cell)
     g = bootstrap.gain(data._replace(intermediate=data.direct.copy()), "accuracy", seed=0, n_boot=200)
     assert g == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "verdict": "neutral", "per_seed": [0.0] * cell[0],
-                 "se_boot": 0.0, "p_value": 1.0}
+                 "se_boot": 0.0, "se_seeds": [0.0] * cell[0], "p_value": 1.0}
 
 
 @given(small_cells, st.permutations([0, 1, 2]))

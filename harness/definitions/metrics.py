@@ -1,7 +1,7 @@
 """Metric functions, vectorised over bootstrap replicates.
 
-Every function takes `y_true` and `y_pred` of shape (n,) or (b, n) - b resampled copies of a test set - and
-returns a float or an array of b values, so the bootstrap in stats.py scores thousands of replicates in one
+Every function takes `y_true` and `y_pred` of shape (n,) or (b, n) - b resampled copies of a test set - and returns a
+float or an array of b values, so the bootstrap in harness/results/bootstrap.py scores thousands of replicates in one
 call. Results match scikit-learn / scipy (tests/test_metrics.py checks this).
 """
 from __future__ import annotations

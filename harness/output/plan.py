@@ -32,46 +32,46 @@ class PlanRow:
     seeds_needed: str = "?"  # per language, from an earlier record of the cell ("?": none)
 
 
-def revision_of(spec: DatasetConfig) -> str:
+def revision_of(dataset: DatasetConfig) -> str:
     """`name@revision` of a hub data set (`unpinned` when the profile pins none); local data sets by name."""
-    if spec.format != "hf":
-        return spec.name
-    return f"{spec.name}@{spec.revision or 'UNPINNED'}"
+    if dataset.format != "hf":
+        return dataset.name
+    return f"{dataset.name}@{dataset.revision or 'UNPINNED'}"
 
 
-def train_size(spec: DatasetConfig, root: Path) -> int | None:
+def train_size(dataset: DatasetConfig, root: Path) -> int | None:
     """Training examples of a data set when known without downloading: the `sizes` table, or a local file's rows;
     the paper recipe's `train_fraction` and the `max_train` subsample applied."""
-    rows = spec.sizes.get("train")
-    if rows is None and spec.format != "hf":
-        rows = _local_rows(spec, root, "train")
+    rows = dataset.sizes.get("train")
+    if rows is None and dataset.format != "hf":
+        rows = _local_rows(dataset, root, "train")
     if rows is None:
         return None
-    if spec.train_fraction:
-        rows = round(spec.train_fraction * rows)
-    return min(rows, spec.max_train) if spec.max_train else rows
+    if dataset.train_fraction:
+        rows = round(dataset.train_fraction * rows)
+    return min(rows, dataset.max_train) if dataset.max_train else rows
 
 
-def eval_size(spec: DatasetConfig, root: Path) -> int | None:
-    rows = spec.sizes.get("test")
-    if rows is None and spec.format != "hf" and not spec.train_fraction:
-        rows = _local_rows(spec, root, "test")
-    if rows is None and spec.train_fraction and spec.sizes.get("train"):
-        rows = spec.sizes["train"] - round(spec.train_fraction * spec.sizes["train"])
+def eval_size(dataset: DatasetConfig, root: Path) -> int | None:
+    rows = dataset.sizes.get("test")
+    if rows is None and dataset.format != "hf" and not dataset.train_fraction:
+        rows = _local_rows(dataset, root, "test")
+    if rows is None and dataset.train_fraction and dataset.sizes.get("train"):
+        rows = dataset.sizes["train"] - round(dataset.train_fraction * dataset.sizes["train"])
     if rows is None:
         return None
-    return min(rows, spec.max_test) if spec.max_test else rows
+    return min(rows, dataset.max_test) if dataset.max_test else rows
 
 
-def _local_rows(spec: DatasetConfig, root: Path, split: str) -> int | None:
+def _local_rows(dataset: DatasetConfig, root: Path, split: str) -> int | None:
     from harness.definitions.data import split_file
 
-    file = split_file(spec, root, "train" if spec.train_fraction else split)
+    file = split_file(dataset, root, "train" if dataset.train_fraction else split)
     if not file.is_file():
         return None
     with open(file, encoding="utf-8", errors="replace") as f:
         lines = sum(1 for line in f if line.strip())
-    return lines - (spec.format != "jsonl")  # csv / tsv: a header row
+    return lines - (dataset.format != "jsonl")  # csv / tsv: a header row
 
 
 def throughput(results_dir: Path, describe: str) -> float | None:

@@ -1,10 +1,8 @@
 """The renderers of a summary (harness.output.summary: the one JSON-ready model every format is drawn from, so
 the formats cannot disagree): Markdown, LaTeX (booktabs), tidy CSV, JSON and the terminal table, with the marks
 of FDR survivors, under-trained arms and arms below the frozen floor; and `write_summary`, the end-of-run and
-`report` files (each written atomically).
-
-Length (over ~350 lines): five renderers of the same tables kept side by side, so a column added to one is seen
-next to the others."""
+`report` files (each written atomically). Five renderers of the same tables side by side, so a column added to
+one is seen next to the others."""
 from __future__ import annotations
 
 import csv
@@ -27,6 +25,7 @@ from harness.output.summary import (
     UNDER_TRAINED_MARK,
     UNDER_TRAINED_NOTE,
     build,
+    calibration_lines,
     fdr_line,
     moderation_lines,
     floor_line,
@@ -236,7 +235,9 @@ def _main_note(summary: dict, best: str) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    parts = ["# transfer-bench summary", "", _header(summary) + ".", "", "## Main table", "",
+    aa = calibration_lines(summary)
+    parts = ["# transfer-bench summary", "", *(["## Calibration (A/A)", ""] + [f"- {x}" for x in aa] + [""] if aa
+                                               else []), _header(summary) + ".", "", "## Main table", "",
              _main_note(summary, "in bold"), "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
     for title, rows_of, note_of in SECTIONS:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]
@@ -296,7 +297,8 @@ def _tex_main(summary: dict) -> str:
 
 
 def to_latex(summary: dict) -> str:
-    parts = ["% transfer-bench summary; needs \\usepackage{booktabs}", _tex_main(summary)]
+    parts = ["% transfer-bench summary; needs \\usepackage{booktabs}", *[f"% {tex_escape(x)}" for x in
+                                                                         calibration_lines(summary)], _tex_main(summary)]
     for title, rows_of, note_of in SECTIONS:
         headers, rows = rows_of(summary)
         caption = f"{title}. {note_of(summary)}"
@@ -374,7 +376,8 @@ def terminal_table(records: list[dict]) -> str:
     headers, rows = main_rows(summary)
     flagged = any(e.get("under_trained") for e in summary["cells"])
     below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
-    blocks = [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{floor_line(summary['floor'])}\n"
+    blocks = ["\n".join(calibration_lines(summary))] if summary["calibration"] else []
+    blocks += [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{floor_line(summary['floor'])}\n"
               f"entry: frozen / direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
               + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "") + (f"\n{BELOW_FLOOR_NOTE}" if below else "")]
     cols = summary["layout"]["columns"]

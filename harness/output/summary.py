@@ -30,7 +30,7 @@ from harness.definitions.grid import ARMS, DOMAINS, GENERAL, MODELS, TASKS, pars
 from harness.results import analysis
 from harness.results.moderation import D0_MAX
 from harness.results.record import GAIN_FIELDS
-from harness.results.significance import FDR, significance
+from harness.results.significance import FDR, calibration, significance
 
 MISSING = "missing"
 PHASES = ("load", "intermediate", "train", "eval")
@@ -183,6 +183,26 @@ def fdr_line(fdr: dict) -> str:
             f"(Benjamini-Hochberg across {fdr['gains']} gains; marked {FDR_MARK})")
 
 
+CALIBRATION_NOTE = ("CALIBRATION RUN (A/A, --calibration): the intermediate arm is a second direct arm with its own "
+                    "seeds, so every true gain is 0 and every positive or negative verdict is a false positive; no "
+                    "baseline was checked or written")
+
+
+def calibration_lines(summary: dict) -> list[str]:
+    """An A/A run's verdict counts, a line per stratum (nothing for a run that is not one)."""
+    cal = summary.get("calibration")
+    if not cal:
+        return []
+    lines = [CALIBRATION_NOTE + (" (the results folder also holds other records: only the A/A ones are counted)"
+                                 if cal["mixed"] else "") + "."]
+    for name, c in cal["strata"].items():
+        rate = "-" if c["rate"] is None else f"{c['rate']:.1%} [{c['ci_low']:.1%}, {c['ci_high']:.1%}]"
+        lines.append(f"{name}: {c['positive'] + c['negative']} of {c['gains']} gains decided ({c['positive']} "
+                     f"positive, {c['negative']} negative): {rate} against the nominal {cal['nominal']:.0%}; "
+                     f"{c['fdr_survivors']} survive FDR {FDR:.0%}")
+    return lines
+
+
 def moderation_lines(moderation: dict) -> list[str]:
     """One line per fitted prior and per fallback (harness.results.analysis.moderate)."""
     lines = []
@@ -218,6 +238,7 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
             "significance": gains, "fdr": fdr, "floor": floor_count(records),
             "moderation": {"priors": moderation["priors"], "notes": moderation["notes"]},
+            "calibration": calibration(records, gains),
             "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 

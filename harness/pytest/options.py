@@ -35,7 +35,7 @@ OPTIONS = (
     Option("--seeds", "seeds per arm: a count N (seeds 0..N-1) or a comma list (3,4,5); default: the profile's",
            ini=True, metavar="N|LIST"),
     Option("--data-dir", "root folder of the profile's data sets (tiny: generated corpora)", ini=True),
-    Option("--spec", "TOML file of extra data sets / cells (see README: bring your own data)", ini=True),
+    Option("--spec", "TOML file of extra data sets / cells (see docs/data.md)", ini=True),
     Option("--results-dir", "where cell records (cells/) and the run summary go", "results", ini=True),
     Option("--baselines", "folder of recorded baselines, one JSON file per profile", "baselines", ini=True),
     Option("--cache-dir", "intermediate checkpoints, tokenizers, generated corpora and data caches",
@@ -54,8 +54,12 @@ OPTIONS = (
            "intermediate models as another (untuned cells; other per-seed numbers than sequential training, "
            "reproducible for the same --seeds; default in tiny; docs/performance.md) | train them one after another",
            switch=True, negated="--no-train-together", deprecated=("--ensemble", "--no-ensemble")),
+    Option("--calibration", "A/A run: the intermediate arm replaced by a second direct arm with its own seed stream "
+           "(initialisation, data order, dropout), so every true gain is 0 and every decided verdict is false; "
+           "records and summary go to RESULTS_DIR/calibration, no baseline is checked or written "
+           "(docs/statistics.md: Calibration)", switch=True),
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
-           "paper profiles; see README) | train each arm once with the profile's recipe (default in tiny)",
+           "paper profiles; see docs/methodology.md) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),
     Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "
            "mBERT and XLM-R; `--models` still filters rows)", metavar="NAME"),

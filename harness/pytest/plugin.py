@@ -3,7 +3,7 @@ is parametrised over the profile's grid; the `transfer_bench` fixture runs a cel
 harness/pytest/session.py, `-k` for cells, shards and xdist scheduling in harness/pytest/selection.py.
 
 pytest loads this plugin before the root conftest.py pins each xdist worker to its GPU, and torch must not
-load (and initialise CUDA) before that: this module and session.py import whatever may load torch (runner,
+load (and initialise CUDA) before that: this module and session.py import whatever may load torch (the cell,
 devices, profiles, report, ...) inside the functions that need it.
 """
 from __future__ import annotations

@@ -98,7 +98,7 @@ class CellGroupScheduling(LoadGroupScheduling):
 
     Each cell is its own work unit, and a worker that needs one is given the first cell of a model-task group
     no worker has started, else the next cell in collection order: the first cell of a group trains the group's
-    intermediate models (cached on disk, harness.running.context.intermediate_body), so every group's expensive
+    intermediate models (cached on disk, harness.running.intermediate.intermediate_body), so every group's expensive
     first cell runs before any cheap second one, and by the time the cheap cells are handed out their
     intermediate models are built (a worker that needed one still being trained would wait on its lock, not
     train it again: the numbers do not depend on where a cell runs). Whole groups as units (xdist's own

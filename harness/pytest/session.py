@@ -47,6 +47,9 @@ class Session:
         self.profile_name = setting(config, "profile") or "tiny"
         self.paths = {o.dest: setting(config, o.dest) or o.default for o in OPTIONS if o.ini and o.dest not in
                       ("profile", "seeds")}
+        self.calibration = bool(config.getoption("calibration"))
+        if self.calibration:  # an A/A run never mixes its records with (or overwrites) a real run's
+            self.paths["results_dir"] = str(Path(self.paths["results_dir"]) / "calibration")
         self.filters: dict[str, list[str]] = {}
         self.seeds: list[int] | None = None
         self.shard: tuple[int, int] | None = None
@@ -141,7 +144,7 @@ class Session:
             from harness.definitions.profiles import load_profile
             try:
                 self._profile = load_profile(self.profile_name, self.paths["data_dir"],
-                                             Path(self.paths["cache_dir"]), spec=self.paths["spec"],
+                                             Path(self.paths["cache_dir"]), spec_file=self.paths["spec"],
                                              model_set=self.config.getoption("model_set"))
                 if "domains" in self.filters:
                     check_names("domain", self.filters["domains"], self._profile.domains)
@@ -182,7 +185,7 @@ class Session:
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
-                                   compile=self.config.getoption("compile"),
+                                   compile=self.config.getoption("compile"), calibration=self.calibration,
                                    train_together=p.train_together
                                    if self.config.getoption("train_together") is None
                                    else self.config.getoption("train_together"),
@@ -229,7 +232,9 @@ class Session:
         every usable record in the results folder, listing the selected cells without one as missing. A session
         that ran no grid cell (the harness's own tests, `-k` matching none, a collection error) leaves the results
         folder alone: no summary, no folder created."""
-        if self.config.getoption("update_baselines") and self.passed:
+        if self.config.getoption("update_baselines") and self.calibration:
+            self.baseline_lines.append("--calibration: an A/A run is never recorded as a baseline (nothing written)")
+        elif self.config.getoption("update_baselines") and self.passed:
             self._update_baselines()
         if not self.finished and not self.ran:
             return
@@ -344,7 +349,7 @@ class CellRunner:
         from harness.results.baselines import BaselineError, check
 
         config = self.session.config
-        if config.getoption("update_baselines"):
+        if config.getoption("update_baselines") or self.session.calibration:  # an A/A run has no baseline
             return
         try:
             result = check(record, self.session.baselines(), self.session.baseline_file, self.session.margin,

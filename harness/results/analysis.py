@@ -124,28 +124,32 @@ def _intervals(shifted: CellRecord, general_saved: dict, shifted_saved: dict) ->
     return out
 
 
-MODERATED, SEED_T = "moderated", "seed-t"  # the rules an interval comes from (README: Verdicts and baselines)
+MODERATED, SEED_T = "moderated", "seed-t"  # the rules an interval comes from (docs/statistics.md)
 
 
 def _usable(gain: dict) -> bool:
     return isinstance(gain.get("per_seed"), list) and "se_boot" in gain
 
 
+def group(record: CellRecord) -> str:
+    """The prior a record's gains share (harness.results.moderation.group_of)."""
+    return moderation.group_of(_model(record), record["task"], record["main_metric"])
+
+
 def moderate(records: list[CellRecord]) -> dict:
     """Every gain of `records` under the moderated rule where it applies: {"gains": {cell: {language: gain}},
     "priors": {group: prior}, "notes": [one line per fallback]}. Each gain keeps the record's fields and gets
     `rule` (MODERATED or SEED_T) and, moderated, `seed_sd` and `df`; the interval, verdict and p-value are the
-    rule's. A prior per task and main metric (harness.results.moderation.fit_priors) needs MIN_CELLS cells with a
+    rule's. A prior per model, task and main metric (harness.results.moderation.fit_priors) needs MIN_CELLS cells with a
     seed spread; without it (a cell run alone, one seed) or without per-seed gains, a gain keeps the record's
     interval and bootstrap p-value (today's rule), and a note says so. Deterministic: the same records in any order give
     the same answer."""
     records = sorted(records, key=lambda r: r["cell"])
-    priors = moderation.fit_priors((moderation.group_of(r["task"], r["main_metric"]), r["cell"], g["per_seed"])
-                                   for r in records for g in r["gain"].values() if _usable(g))
+    priors = moderation.fit_priors((group(r), r["cell"], g["per_seed"]) for r in records for g in r["gain"].values()
+                                   if _usable(g) and moderation.informative(g))
     gains, notes, alone = {}, [], {}
     for r in records:
-        group = moderation.group_of(r["task"], r["main_metric"])
-        prior, out, lacking = priors.get(group), {}, []
+        prior, out, lacking = priors.get(group(r)), {}, []
         for lang in r["languages"]:
             g = r["gain"][lang]
             if prior is None or not _usable(g) or len(g["per_seed"]) < 2:
@@ -161,10 +165,10 @@ def moderate(records: list[CellRecord]) -> dict:
             notes.append(f"{r['cell']}: no per-seed gains or se_boot in {', '.join(lacking)}: today's rule "
                          f"({SEED_T}) for {'that gain' if len(lacking) == 1 else 'those gains'}")
         elif prior is None and len(r["seeds"]) > 1:
-            alone.setdefault(group, []).append(r["cell"])
+            alone.setdefault(group(r), []).append(r["cell"])
         gains[r["cell"]] = out
-    for group, cells in sorted(alone.items()):
-        notes.append(f"{group}: {len(cells)} cell(s) with a seed spread, a prior needs {moderation.MIN_CELLS}: "
+    for name, cells in sorted(alone.items()):
+        notes.append(f"{name}: {len(cells)} cell(s) with a seed spread, a prior needs {moderation.MIN_CELLS}: "
                      f"today's rule ({SEED_T}) for {', '.join(cells)}")
     return {"gains": gains, "priors": priors, "notes": notes}
 

@@ -32,14 +32,14 @@ from tabulate import tabulate
 from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
 from harness.results.change import cell_level, change
-from harness.results.moderation import fit_priors, group_of, prior_d0
+from harness.results.moderation import fit_priors, group_of, informative, prior_d0
 from harness.results.record import read_json
 
 FORMAT = 2
 FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "metrics_se",
           "gain", "env")
 COMPARED_GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict", "per_seed", "se_boot")
-MARGIN = 0.02  # default --baseline-margin (README: Verdicts and baselines, calibration)
+MARGIN = 0.02  # default --baseline-margin (docs/statistics.md: the baseline check and its calibration)
 
 
 class BaselineError(Exception):
@@ -167,26 +167,27 @@ def _outcome(change: dict, margin: float) -> str:
 
 
 def priors_of(cells: dict) -> dict[str, dict]:
-    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per task and main metric) fitted
+    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per model, task and main metric) fitted
     across every entry of `cells` ({cell id: {entry key: entry}}, a baseline file's cells): the prior with which
     the check moderates both runs' seed variances of a gain. Fixed by the baseline file, so a cell is judged
     the same alone, under -k, in shards and in any order."""
     triples = []
     for cell, entries in cells.items():
         try:
-            task = parse_cell_id(cell).task
+            parsed = parse_cell_id(cell)
         except ValueError:
             continue
         for e in entries.values():
-            triples += [(group_of(task, e["main_metric"]), cell, g["per_seed"]) for g in e["gain"].values()
-                        if isinstance(g.get("per_seed"), list)]
+            triples += [(group_of(parsed.model, parsed.task, e["main_metric"]), cell, g["per_seed"])
+                        for g in e["gain"].values() if informative(g)]
     return fit_priors(triples)
 
 
 def gain_prior(priors: dict, cell: str, main_metric: str) -> tuple[float, float] | None:
     """(d0, s0^2) of a cell's gains from `priors_of`, or None (no prior: the unmoderated change test)."""
     try:
-        prior = priors.get(group_of(parse_cell_id(cell).task, main_metric))
+        parsed = parse_cell_id(cell)
+        prior = priors.get(group_of(parsed.model, parsed.task, main_metric))
     except ValueError:
         return None
     return None if prior is None else (prior_d0(prior), prior["s0"] ** 2)

@@ -129,14 +129,15 @@ def p_value(samples: np.ndarray) -> float:
 def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
     """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict,
     and what a comparison with another run needs (`change`): the per-seed gains, the bootstrap standard error
-    of the seed mean over test-set resamples (`se_boot`) and the bootstrap p-value."""
+    of the seed mean over test-set resamples (`se_boot`), each seed's own (`se_seeds`: what the summary's rule
+    separates the test-set noise the seeds share from, moderation.shared_se) and the bootstrap p-value."""
     rng = np.random.default_rng(seed)
     per_seed = seed_gains(data, metric)
     resampled = _example_resample(data, metric, rng, n_boot)
     replicates = _replicates(per_seed, resampled, rng)
     out = interval(replicates, per_seed.mean(), level)
     out.update(per_seed=per_seed.tolist(), se_boot=float(resampled.mean(axis=0).std(ddof=1)),
-               p_value=p_value(replicates))
+               se_seeds=resampled.std(axis=1, ddof=1).tolist(), p_value=p_value(replicates))
     return out
 
 

@@ -1,5 +1,5 @@
 """Moderated seed variance (limma's moderated t, Smyth 2004): a prior for the seed variances of a run's gains
-(`fit_prior`, per task and main metric `fit_priors`), each gain's seed variance shrunk towards it
+(`fit_prior`, per model, task and main metric `fit_priors`), each gain's seed variance shrunk towards it
 (`moderated_variance`), and a gain re-read with it (`moderated_gain`): its interval and p-value from the
 exact distribution of test-set sampling plus a t seed term (`mixture_sf`, `mixture_p`, `mixture_quantile`).
 """
@@ -12,6 +12,7 @@ from scipy import special as sps_special
 from scipy import stats as sps
 
 from harness.results.bootstrap import LEVEL, verdict
+from harness.results.record import UNINFORMATIVE
 
 
 def fit_prior(variances, df, clusters=None) -> tuple[float, float]:
@@ -134,11 +135,25 @@ def mixture_quantile(q: float, se: float, scale: float, df: float) -> float:
     return float(brentq(tail, 0.0, high, xtol=1e-12, rtol=1e-12))
 
 
+def shared_se(gain: dict) -> float:
+    """The standard error of the test-set noise the seeds of a gain share. `se_boot`, the bootstrap SE of the seed
+    mean, holds it plus each seed's own test-set noise divided by k; the seed spread s^2 / k holds that own part
+    again, so se_boot^2 + s^2 / k counts it twice (intervals too wide where seeds agree). With the seeds' own
+    bootstrap SEs (`se_seeds`) the shared part is the mean covariance of the seeds' resampled gains,
+    Var(c) = max(0, (k se_boot^2 - mean_j se_j^2) / (k - 1)); a gain recorded without them keeps se_boot."""
+    k, se = len(gain.get("se_seeds") or ()), float(gain["se_boot"])
+    if k < 2:
+        return se
+    own = float(np.mean(np.square(gain["se_seeds"])))
+    return float(np.sqrt(max(0.0, (k * se**2 - own) / (k - 1))))
+
+
 def moderated_gain(gain: dict, d0: float, s02: float, level: float = LEVEL) -> dict:
-    """A recorded gain (`mean`, `per_seed`, `se_boot`) re-read with the moderated seed variance: its interval is
-    that of mean + N(0, se_boot^2) + t_{d0+k-1} * s~ / sqrt(k), s~^2 the seed variance shrunk towards the run's
-    prior s0^2; `p_value` is the same distribution's, so p < 1 - level exactly when the verdict is not neutral."""
-    k, mean, se = len(gain["per_seed"]), float(gain["mean"]), float(gain["se_boot"])
+    """A recorded gain (`mean`, `per_seed`, `se_boot`, `se_seeds`) re-read with the moderated seed variance: its
+    interval is that of mean + N(0, c^2) + t_{d0+k-1} * s~ / sqrt(k), c the shared test-set SE (shared_se), s~^2 the
+    seed variance shrunk towards the run's prior s0^2; `p_value` is the same distribution's, so p < 1 - level
+    exactly when the verdict is not neutral."""
+    k, mean, se = len(gain["per_seed"]), float(gain["mean"]), shared_se(gain)
     s2, df = moderated_variance(float(np.var(gain["per_seed"], ddof=1)), k - 1, d0, s02)
     scale = float(np.sqrt(s2 / k))
     half = mixture_quantile(0.5 + level / 2, se, scale, df)
@@ -156,9 +171,18 @@ MIN_CELLS = 3  # cells (of one task and metric) with a seed spread that a prior 
 D0_MAX = 4.0
 
 
-def group_of(task: str, metric: str) -> str:
-    """The gains that share a seed-variance prior: one task type and main metric (their seed noise differs)."""
-    return f"{task} ({metric})"
+def group_of(model: str, task: str, metric: str) -> str:
+    """The gains that share a seed-variance prior: one model row, task type and main metric. Their seed noise
+    differs by model as much as by task (in baselines/tiny.json the per-seed gain spread in classification is 0.03
+    for bert, 0.18 for roberta, 0.14 for xlnet): a prior pooled over models gives the noisy model's gains too short
+    intervals (14% false positives per gain in roberta cells by simulation, tests/test_moderated_simulation.py)."""
+    return f"{model}-{task} ({metric})"
+
+
+def informative(gain: dict) -> bool:
+    """Whether a gain's seed spread belongs in a prior fit: it has per-seed gains, and its arms do not predict one
+    class for everything (an uninformative gain's spread of exactly 0 would pull the prior towards no seed noise)."""
+    return isinstance(gain.get("per_seed"), list) and gain.get("verdict") != UNINFORMATIVE
 
 
 def fit_priors(gains) -> dict[str, dict]:

@@ -39,6 +39,7 @@ class Interval(TypedDict):
     # a gain also carries what a comparison with another run needs (harness.results.baselines):
     per_seed: NotRequired[list[float]]  # the per-seed gains, in the order of `seeds`
     se_boot: NotRequired[float]  # bootstrap standard error of the seed-mean gain over test-set resamples
+    se_seeds: NotRequired[list[float]]  # each seed's own gain's bootstrap standard error (the shared part: shared_se)
     p_value: NotRequired[float]  # two-sided bootstrap p-value (the summary's FDR q-values read it)
     mdc: NotRequired[float]  # minimum detectable change: what the baseline check catches with 80% power
     note: NotRequired[str]  # why a verdict is `uninformative`
@@ -76,8 +77,9 @@ class CellRecord(TypedDict):
     # arms whose main metric is significantly below the frozen floor's: {arm, language, mean, ci_low, ci_high}
     # (arm - floor and its paired-bootstrap interval; harness.results.analysis.below_floor)
     below_floor: NotRequired[list[dict[str, Any]]]
-    # head_init "probe" (harness.running.lpft): {mode, arms: arm -> [{seed, layer, C, validation, ...}]}
+    # head_init "probe" (harness.running.probe): {mode, arms: arm -> [{seed, layer, C, validation, ...}]}
     head_init: NotRequired[dict[str, Any]]
+    calibration: NotRequired[bool]  # an A/A run: the `intermediate` arm is a second direct arm (--calibration)
 
 
 class RecordError(Exception):
@@ -101,6 +103,11 @@ def _number(value, where: str) -> None:
 def _text(value, where: str) -> None:
     if not isinstance(value, str) or not value:
         raise _Invalid(where, f"expected a non-empty string, got {value!r}")
+
+
+def _flag(value, where: str) -> None:
+    if not isinstance(value, bool):
+        raise _Invalid(where, f"expected true or false, got {value!r}")
 
 
 def _mapping(value, where: str) -> dict:
@@ -131,8 +138,9 @@ def check_interval(value, where: str) -> None:
     for name in ("se_boot", "p_value", "mdc"):
         if name in value:
             _number(value[name], f"{where}.{name}")
-    for i, x in enumerate(_listing(value["per_seed"], f"{where}.per_seed") if "per_seed" in value else []):
-        _number(x, f"{where}.per_seed[{i}]")
+    for key in ("per_seed", "se_seeds"):
+        for i, x in enumerate(_listing(value[key], f"{where}.{key}") if key in value else []):
+            _number(x, f"{where}.{key}[{i}]")
 
 
 def _cell(value, record: dict) -> None:
@@ -250,6 +258,7 @@ CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "under_trained": _list_of(_text, "under_trained"),
     "frozen": _of(_mapping, "frozen"), "below_floor": _below_floor,
     "head_init": _of(_mapping, "head_init"),
+    "calibration": _of(_flag, "calibration"),
 }
 
 

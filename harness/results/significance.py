@@ -2,17 +2,20 @@
 (harness.results.analysis.moderate), its Benjamini-Hochberg q-value across every gain of the run (`q_values`),
 whether its verdict survives a false discovery rate of FDR (`fdr`), its minimum detectable change and the seeds
 that would decide it (harness.results.change.seeds_needed). The summary (harness.output.summary) shows these
-rows and marks the verdicts that survive FDR in every table.
+rows and marks the verdicts that survive FDR in every table. In an A/A run (--calibration) `calibration` counts
+the verdicts, each of which is then a false positive.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats as sps
 
+from harness.definitions.grid import parse_cell_id
 from harness.results import analysis
+from harness.results.bootstrap import LEVEL
 from harness.results.baselines import MARGIN
 from harness.results.change import MAX_SEEDS, seeds_needed
-from harness.results.moderation import group_of, prior_d0
+from harness.results.moderation import prior_d0
 from harness.results.record import GAIN_FIELDS
 
 FDR = 0.05
@@ -48,7 +51,7 @@ def significance(records: list[dict], moderated: dict | None = None, margin: flo
     margin = MARGIN if margin is None else margin
     rows = []
     for r in sorted(records, key=lambda r: r["cell"]):
-        group = group_of(r["task"], r["main_metric"])
+        group = analysis.group(r)
         for lang in r["languages"]:
             g = moderated["gains"][r["cell"]][lang]
             rows.append({"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS},
@@ -64,3 +67,31 @@ def significance(records: list[dict], moderated: dict | None = None, margin: flo
     verdicts = [row for row in tested if row["verdict"] in ("positive", "negative")]
     return rows, {"level": FDR, "gains": len(tested), "verdicts": len(verdicts),
                   "survive": sum(row["fdr"] for row in verdicts), "margin": margin}
+
+
+NOMINAL = 1 - LEVEL  # the false-positive rate per gain an A/A run's verdicts are held to
+
+
+def calibration(records: list[dict], rows: list[dict]) -> dict | None:
+    """An A/A run's verdicts counted (None when no record is of one): every true gain is zero, so each decided
+    verdict (positive or negative) is a false positive. Per stratum (all gains, the target-language gains, each
+    model): gains, positive, negative, the decided rate with its exact (Clopper-Pearson) 95% interval against the
+    nominal 5%, and the verdicts that survive FDR 5%. `rows`: the significance rows of `records`."""
+    aa = {r["cell"]: r for r in records if r.get("calibration")}
+    if not aa:
+        return None
+    rows = [row for row in rows if row["cell"] in aa]
+
+    def count(selected: list[dict]) -> dict:
+        n, pos = len(selected), sum(row["verdict"] == "positive" for row in selected)
+        neg = sum(row["verdict"] == "negative" for row in selected)
+        low, high = sps.binomtest(pos + neg, n).proportion_ci(LEVEL, "exact") if n else (float("nan"),) * 2
+        return {"gains": n, "positive": pos, "negative": neg, "rate": (pos + neg) / n if n else None,
+                "ci_low": float(low), "ci_high": float(high), "fdr_survivors": sum(row["fdr"] for row in selected)}
+
+    strata = {"all gains": rows,
+              "target language": [row for row in rows if row["language"] == aa[row["cell"]]["language"]]}
+    for model in sorted({parse_cell_id(c).model for c in aa}):
+        strata[f"model {model}"] = [row for row in rows if parse_cell_id(row["cell"]).model == model]
+    return {"cells": len(aa), "nominal": NOMINAL, "strata": {name: count(sel) for name, sel in strata.items()},
+            "mixed": len(aa) != len(records)}

@@ -6,6 +6,9 @@
 - `grouped` (`--train-together`): every seed and both arms of an untuned cell as one grouped model
   (harness.training.together), and the seeds' intermediate models likewise.
 
+In an A/A run (`--calibration`) the intermediate arm is a second direct arm: no intermediate model, and its own seed
+stream (`arm_seed`: initialisation, data order, dropout), so every true gain is zero.
+
 Each strategy builds its models from the cell's `Setup` (`fresh`): the checkpoint, the intermediate body for the
 intermediate arm, and with `head_init = "probe"` the output layer started from the linear probe
 (harness.running.probe, fit once per arm and seed and shared by that arm's runs).
@@ -65,9 +68,19 @@ class ArmRun:
     probe: dict | None = None
 
 
+CALIBRATION_SEEDS = 1_000_000  # an A/A run's second direct arm of seed s trains with seed CALIBRATION_SEEDS + s
+
+
+def arm_seed(ctx: RunContext, arm: str, seed: int) -> int:
+    """The seed an arm's model is built and trained with: the run's seed, except for the second direct arm of an A/A
+    run, which gets a stream of its own (one no run's seeds reach)."""
+    return CALIBRATION_SEEDS + seed if ctx.calibration and arm == "intermediate" else seed
+
+
 def start(setup: Setup, arm: str, seed: int):
-    """(body, metadata): the intermediate arm's encoder weights (trained once, cached), (None, None) for direct."""
-    if arm != "intermediate":
+    """(body, metadata): the intermediate arm's encoder weights (trained once, cached), (None, None) for direct and
+    for both arms of an A/A run."""
+    if arm != "intermediate" or setup.ctx.calibration:
         return None, None
     return intermediate_body(setup.ctx, setup.cell, seed)
 
@@ -97,10 +110,10 @@ def fresh_factory(setup: Setup, seed: int, body, probed: list):
 def sequential(setup: Setup, arm: str, seed: int) -> ArmRun:
     """One run of the profile's recipe."""
     body, inter = start(setup, arm, seed)
-    probed = []
-    model = fresh_factory(setup, seed, body, probed)()
+    probed, stream = [], arm_seed(setup.ctx, arm, seed)
+    model = fresh_factory(setup, stream, body, probed)()
     pad, left = setup.pad
-    info = train(model, setup.train_enc, setup.hp, seed, setup.ctx.device, pad, left,
+    info = train(model, setup.train_enc, setup.hp, stream, setup.ctx.device, pad, left,
                  desc=f"{setup.cell.id} {arm} s{seed}", compile=setup.ctx.compile)
     return ArmRun(model, info, setup.hp.epochs, intermediate=inter, probe=probed[0] if probed else None)
 
@@ -110,8 +123,8 @@ def tuned(setup: Setup, arm: str, seed: int, space: SearchSpace) -> ArmRun:
     after each epoch and stopped early (each run's schedule is planned for `max_epochs`); the best epoch's weights,
     the search result (harness.running.tuning.Search.result) and the runs' summed training info."""
     body, inter = start(setup, arm, seed)
-    probed = []
-    fresh = fresh_factory(setup, seed, body, probed)
+    probed, stream = [], arm_seed(setup.ctx, arm, seed)
+    fresh = fresh_factory(setup, stream, body, probed)
     ctx, hp, val_enc = setup.ctx, setup.hp, setup.val_enc
     pad, left = setup.pad
     search = tuning.Search(space, lambda predictions: FUNCTIONS[setup.metric](val_enc.targets, predictions))
@@ -124,7 +137,7 @@ def tuned(setup: Setup, arm: str, seed: int, space: SearchSpace) -> ArmRun:
                                   model)
 
         cfg = dataclasses.replace(hp, lr=lr, epochs=space.max_epochs)
-        info = train(model, setup.train_enc, cfg, seed, ctx.device, pad, left,
+        info = train(model, setup.train_enc, cfg, stream, ctx.device, pad, left,
                      desc=f"{setup.cell.id} {arm} s{seed} lr={lr:g}", compile=ctx.compile, on_epoch=validate)
         for k in total:
             total[k] += info[k]
@@ -145,14 +158,15 @@ def grouped(setup: Setup) -> dict[tuple[str, int], ArmRun]:
     members, models, metas = [], [], []
     for seed in ctx.seeds:
         for arm in ARMS:
-            model, meta = build_model(row, setup.tokenizer, setup.num_labels, hp.max_length, seed), None
-            if arm == "intermediate":
+            model, meta = build_model(row, setup.tokenizer, setup.num_labels, hp.max_length,
+                                      arm_seed(ctx, arm, seed)), None
+            if arm == "intermediate" and not ctx.calibration:
                 body, meta = intermediate_body(ctx, setup.cell, seed, together=together)
                 model.base_model.load_state_dict(body)
             members.append((arm, seed))
             models.append(model)
             metas.append(meta)
-    infos = train_together(models, row.family, setup.train_enc, hp, [seed for _, seed in members], ctx.device, pad,
-                           left)
+    infos = train_together(models, row.family, setup.train_enc, hp, [arm_seed(ctx, *m) for m in members], ctx.device,
+                           pad, left)
     return {member: ArmRun(model, info, hp.epochs, intermediate=meta)
             for member, model, info, meta in zip(members, models, infos, metas)}

@@ -93,6 +93,8 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcom
     record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
     record["frozen"] = record_floor
     record["budget"] = _budget(ctx, inter, len(setup.train_enc), epochs, selected if space else None)
+    if ctx.calibration:
+        record["calibration"] = True
     if setup.head_init == "probe":
         record["head_init"] = {"mode": "probe", "arms": probes}
     if space is not None:
@@ -155,7 +157,8 @@ def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, selected
     the cell ran (all runs, all seeds; `selected`: the search results, None untuned), the cost of the comparison."""
     p, hp = ctx.profile, ctx.profile.target_train
     per_epoch = math.ceil(n_train / hp.batch_size)
-    intermediate = p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
+    intermediate = 0 if ctx.calibration else \
+        p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
     target = {arm: float(np.mean(e)) * per_epoch for arm, e in epochs.items()}
     runs = {arm: (_epochs_run(selected[arm]) if selected else len(ctx.seeds) * hp.epochs) * per_epoch for arm in ARMS}
     return {"direct": {"target_steps": target["direct"], "total_steps": target["direct"]},
@@ -232,7 +235,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
         ([{"ensemble": grouped.STREAM}] if ctx.train_together and _stackable(ctx, cell) else []) + \
-        ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else [])
+        ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else []) + \
+        ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),

@@ -27,6 +27,7 @@ class RunContext:
     tune: bool = False  # per-arm selection on validation data (the profile's default; pytest --tune / --no-tune)
     train_together: bool = False  # untuned cells: seeds and arms (and the seeds' intermediate models) trained as one
     # grouped model (--train-together)
+    calibration: bool = False  # A/A: the intermediate arm is a second direct arm with its own seeds (--calibration)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):
@@ -79,8 +80,11 @@ def tokenizer_for(ctx: RunContext, model_name: str):
 
 
 def encode(ctx, tokenizer, model_name, split: D.Split, max_length: int, labels, separate: bool = False):
-    """A split tokenised for a model (data.encode), memoised on the run and cached on disk."""
+    """A split tokenised for a model (data.encode), memoised on the run and cached on disk; the model row's
+    `text_prefix` before every text (data.with_prefix: the cache key hashes the prefixed texts)."""
     # id(split): a carved train and test split share their file (splits live as long as ctx, in its memo);
     # separate: the two texts of a pair tokenised on their own (a bi-encoder's input, data.encode)
+    prefix = ctx.profile.models[model_name].text_prefix
     return ctx.memo(("enc", model_name, split.file, len(split), id(split), max_length, separate),
-                    lambda: cached_encoding(ctx.cache_dir, tokenizer, split, max_length, labels, separate))
+                    lambda: cached_encoding(ctx.cache_dir, tokenizer, D.with_prefix(split, prefix), max_length, labels,
+                                            separate))

@@ -38,7 +38,7 @@ import warnings
 import numpy as np
 import torch
 
-from harness.definitions.data import CHARS_PER_TOKEN, Encoded, Split
+from harness.definitions.data import CHARS_PER_TOKEN, Encoded, Split, with_prefix
 from harness.definitions.metrics import FUNCTIONS
 from harness.definitions.tasks import task_type
 from harness.running.heads import cell_heads
@@ -57,13 +57,14 @@ def floor(ctx, cell, target, tokenizer, metric: str) -> tuple[dict[str, np.ndarr
     the record keeps about it (`frozen`: pooling, features, the probe's C and validation scores, seconds)."""
     start = time.perf_counter()
     p, kind = ctx.profile, task_type(cell.task)
-    spec, max_length = p.models[cell.model], p.target_train.max_length
+    row, max_length = p.models[cell.model], p.target_train.max_length
     pooling, _ = cell_heads(p, cell)
     with torch.random.fork_rng():
-        encoder = build_model(spec, tokenizer, kind.num_labels(target.labels), max_length, 0, pooling).base_model
-    normalize = normalizes(spec)
+        encoder = build_model(row, tokenizer, kind.num_labels(target.labels), max_length, 0, pooling).base_model
+    normalize = normalizes(row)
 
     def features(split: Split) -> np.ndarray:
+        split = with_prefix(split, row.text_prefix)  # as the arms read it (harness.running.context.encode)
         u = embed(encoder, tokenizer, split.texts, max_length, pooling, normalize, ctx.device)
         if split.texts_b is None:
             return u

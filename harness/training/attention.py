@@ -2,8 +2,8 @@
 
 torch picks a scaled-dot-product-attention kernel per call among the enabled backends (flash, memory-efficient,
 cuDNN, math). Which set is fastest depends on the GPU, the dtype, the head size and the mask, and the cuDNN
-backend builds a plan per new shape (on an H200 in issue 15, that planning made the first epoch 3x slower than
-the second). So before a model with SDPA attention trains on CUDA, a probe times a forward and backward pass of
+backend builds a plan per new shape (on an H200 that planning made the first epoch 3x slower than the second;
+docs/performance.md). So before a model with SDPA attention trains on CUDA, a probe times a forward and backward pass of
 attention over the bucket widths (the first call of each shape included, so planning counts) with each
 candidate set, and the fastest set is used for every training and evaluation step of the process: chosen once
 per device, dtype and head shape, with no per-shape planning of our own.

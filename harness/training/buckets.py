@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-GPU_MULTIPLE = 16  # the best of 8/16/32 on an H200 in issue 15's measurements (bert-base, lengths 16-128)
+GPU_MULTIPLE = 16  # the best of 8/16/32 on an H200 (bert-base, lengths 16-128; docs/performance.md)
 GPU_EVAL_BATCH = 512  # examples per evaluation batch on a GPU (at the mean length; longer ones get fewer)
 
 

@@ -1,10 +1,11 @@
 """Compiled training steps: one graph per shape bucket, counted.
 
 torch.compile(dynamic=True) over batches of ~110 different widths spent over 75 s in its first steps on an H200
-(issue 15). With shape buckets (harness.training.buckets) full batches take a handful of shapes, so each is compiled once
-with static shapes (dynamic=False: kernels specialised to the shape, no symbolic-shape recompiles). A batch of
-another size (the short last batch of a block) runs eagerly rather than adding a graph, and a batch without an
-attention mask gets an all-ones one (which changes no number), so masked and unmasked batches share a graph.
+(docs/performance.md). With shape buckets (harness.training.buckets) full batches take a handful of shapes, so each
+is compiled once with static shapes (dynamic=False: kernels specialised to the shape, no symbolic-shape recompiles).
+A batch of another size (the short last batch of a block) runs eagerly rather than adding a graph, and a batch
+without an attention mask gets an all-ones one (which changes no number), so masked and unmasked batches share a
+graph.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""k models of one architecture as one model: the members folded into the batch (issue 22: seeds trained together).
+"""k models of one architecture as one model: the members folded into the batch (--train-together).
 
 `group(models, family)` copies the first model and replaces each module that holds parameters by a grouped one
 whose parameters are the members' stacked on a new first dimension (member m's weights at index m):

@@ -9,6 +9,7 @@ import logging
 import torch
 
 from harness.definitions.config import ModelConfig
+from harness.training import e5
 from harness.training.pooling import PoolingError, checkpoint_pooling, pooled
 
 log = logging.getLogger(__name__)
@@ -18,30 +19,41 @@ class ModelError(Exception):
     """A checkpoint that cannot be loaded; str() is one line naming the model and how to work offline."""
 
 
-def from_pretrained(loader, spec: ModelConfig, **kwargs):
+def materialise(row: ModelConfig) -> None:
+    """The folder of a row built from a package (`row.build`, harness.training.e5), converted now if this is its
+    first use; a missing package or a file not in its format is a ModelError (one line)."""
+    if row.build:
+        try:
+            e5.build(row)
+        except e5.E5Error as err:
+            raise ModelError(str(err)) from None
+
+
+def from_pretrained(loader, row: ModelConfig, **kwargs):
     """`loader.from_pretrained` for a hub id or local folder; failures (offline, no such model) in one line."""
+    materialise(row)
     try:
-        return loader.from_pretrained(spec.source, revision=spec.revision, **kwargs)
+        return loader.from_pretrained(row.source, revision=row.revision, **kwargs)
     except OSError as exc:  # hub unreachable, unknown id, missing files: all OSError subclasses
-        raise ModelError(f"{spec.describe}: cannot load model {spec.name!r} ({type(exc).__name__}); offline, use "
-                         f"--profile minilm or a local checkpoint folder in a --spec [models] table") from None
+        raise ModelError(f"{row.describe}: cannot load model {row.name!r} ({type(exc).__name__}); offline, use "
+                         f"--profile offline or a local checkpoint folder in a --spec [models] table") from None
 
 
-def tiny_config(spec: ModelConfig, tokenizer, num_labels: int, max_length: int):
+def tiny_config(row: ModelConfig, tokenizer, num_labels: int, max_length: int):
     from transformers import BertConfig, RobertaConfig, XLNetConfig
 
-    s = spec.size
+    s = row.size
     common = dict(vocab_size=len(tokenizer), num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
-    if spec.family == "bert":
+    if row.family == "bert":
         return BertConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                           intermediate_size=s["ffn"], max_position_embeddings=max_length + 2, **common)
-    if spec.family == "roberta":
+    if row.family == "roberta":
         return RobertaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                              intermediate_size=s["ffn"], max_position_embeddings=max_length + 4, type_vocab_size=1,
                              **common)
-    if spec.family == "xlnet":
+    if row.family == "xlnet":
         return XLNetConfig(d_model=s["hidden"], n_layer=s["layers"], n_head=s["heads"], d_inner=s["ffn"], **common)
-    raise ValueError(f"unknown model family {spec.family!r}; valid: bert, roberta, xlnet")
+    raise ValueError(f"unknown model family {row.family!r}; valid: bert, roberta, xlnet")
 
 
 # Families whose transformers implementation has fused scaled-dot-product attention (XLNet's relative attention
@@ -49,15 +61,16 @@ def tiny_config(spec: ModelConfig, tokenizer, num_labels: int, max_length: int):
 SDPA_FAMILIES = ("bert", "roberta")
 
 
-def model_pooling(spec: ModelConfig) -> str:
+def model_pooling(row: ModelConfig) -> str:
     """harness.training.pooling.checkpoint_pooling, its unreadable-config error as a ModelError (one line)."""
+    materialise(row)
     try:
-        return checkpoint_pooling(spec)
+        return checkpoint_pooling(row)
     except PoolingError as err:
         raise ModelError(str(err)) from None
 
 
-def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int,
+def build_model(row: ModelConfig, tokenizer, num_labels: int, max_length: int, seed: int,
                 pooling: str | None = None, head: str = "cross"):
     """A sequence classification / regression (num_labels=1) model with every weight trainable.
 
@@ -68,22 +81,22 @@ def build_model(spec: ModelConfig, tokenizer, num_labels: int, max_length: int, 
     """
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    pooling = pooling or model_pooling(spec)
+    pooling = pooling or model_pooling(row)
     torch.manual_seed(seed)
     extra = {"problem_type": "regression"} if num_labels == 1 else {"problem_type": "single_label_classification"}
-    attention = {"attn_implementation": "sdpa"} if spec.family in SDPA_FAMILIES else {}
+    attention = {"attn_implementation": "sdpa"} if row.family in SDPA_FAMILIES else {}
     if pooling != "cls" or head != "cross":
-        encoder = (AutoModel.from_config(tiny_config(spec, tokenizer, num_labels, max_length), **attention)
-                   if spec.source == "tiny" else from_pretrained(AutoModel, spec, **attention))
+        encoder = (AutoModel.from_config(tiny_config(row, tokenizer, num_labels, max_length), **attention)
+                   if row.source == "tiny" else from_pretrained(AutoModel, row, **attention))
         model = PooledModel(encoder, num_labels, pooling, head == "bi", tokenizer.pad_token_id,
                             cls_last=tokenizer.padding_side == "left")
-    elif spec.source == "tiny":
-        config = tiny_config(spec, tokenizer, num_labels, max_length)
+    elif row.source == "tiny":
+        config = tiny_config(row, tokenizer, num_labels, max_length)
         for key, value in extra.items():
             setattr(config, key, value)
         model = AutoModelForSequenceClassification.from_config(config, **attention)
     else:
-        model = from_pretrained(AutoModelForSequenceClassification, spec, num_labels=num_labels,
+        model = from_pretrained(AutoModelForSequenceClassification, row, num_labels=num_labels,
                                 ignore_mismatched_sizes=True, **extra, **attention)
     for p in model.parameters():
         p.requires_grad_(True)

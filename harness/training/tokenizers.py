@@ -112,14 +112,14 @@ def _rescore_unigram(trained, files: list[str], specials: list[str], unk: str):
     return trained
 
 
-def load_tokenizer(spec: ModelConfig, corpus: list[Path], cache_dir: Path):
+def load_tokenizer(row: ModelConfig, corpus: list[Path], cache_dir: Path):
     """The tokenizer of a model: trained and cached for tiny configs, else the checkpoint's own."""
     from transformers import AutoTokenizer
 
-    if spec.source != "tiny":
-        return from_pretrained(AutoTokenizer, spec)
-    vocab = spec.size.get("vocab", 2000)
-    key = fingerprint("tokenizer", TOKENIZER_RECIPE, spec.family, vocab, [file_digest(p) for p in corpus])
-    folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{spec.family}-{key}",
-                        lambda tmp: train_tokenizer(spec.family, [str(p) for p in corpus], vocab).save_pretrained(tmp))
+    if row.source != "tiny":
+        return from_pretrained(AutoTokenizer, row)
+    vocab = row.size.get("vocab", 2000)
+    key = fingerprint("tokenizer", TOKENIZER_RECIPE, row.family, vocab, [file_digest(p) for p in corpus])
+    folder = atomic_dir(Path(cache_dir) / "tokenizers" / f"{row.family}-{key}",
+                        lambda tmp: train_tokenizer(row.family, [str(p) for p in corpus], vocab).save_pretrained(tmp))
     return AutoTokenizer.from_pretrained(str(folder))

@@ -53,7 +53,7 @@ def from_file(path: Path, data_dir: Path | None, cache_dir: Path) -> Profile:
 PROFILES = {"tiny": tiny, **{f.stem: functools.partial(from_file, f) for f in sorted(SHIPPED.glob("*.toml"))}}
 
 
-def load_profile(name: str, data_dir: Path | None, cache_dir: Path, spec: str | None = None,
+def load_profile(name: str, data_dir: Path | None, cache_dir: Path, spec_file: str | None = None,
                  model_set: str | None = None) -> Profile:
     """The named profile, with a model set (--model-set) and a --spec file's data sets and rows applied
     (validated now)."""
@@ -65,6 +65,6 @@ def load_profile(name: str, data_dir: Path | None, cache_dir: Path, spec: str | 
             raise ValueError(f"unknown --model-set {model_set!r} for profile {name!r}; valid: "
                              f"{', '.join(profile.model_sets) or 'none'}")
         profile = dataclasses.replace(profile, models={**profile.models, **profile.model_sets[model_set]})
-    if spec:
-        profile = apply_spec(profile, spec, data_dir, Path(cache_dir))
+    if spec_file:
+        profile = apply_spec(profile, spec_file, data_dir, Path(cache_dir))
     return profile
