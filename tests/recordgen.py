@@ -41,7 +41,7 @@ def make_record(model: str, task: str, domain: str, languages=("en", "de", "fr")
         g = {"mean": delta, "ci_low": delta - half, "ci_high": delta + half,
              "verdict": verdict(delta - half, delta + half), "per_seed": [delta] * seeds, "se_boot": half / 2}
         p = _unit(cell, lang, "p")  # a bootstrap p-value in keeping with the verdict
-        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "neutral" else 0.0625 + p * 0.9,
+        gain[lang] = {**g, "p_value": p / 32 if g["verdict"] != "inconclusive" else 0.0625 + p * 0.9,
                       "mdc": cell_detectable(g, len(languages))}
     record = {
         "schema": SCHEMA_VERSION, "cell": cell, "profile": profile, "model": f"tiny-{model}", "task": task,

@@ -171,16 +171,35 @@ def test_a_reversed_verdict_fails_even_without_a_significant_change(tmp_path):
     assert result.status == "changed" and "verdict reversed" in result.message
 
 
-def test_neutral_to_positive_without_a_significant_change_is_reported_not_failed(tmp_path):
+@pytest.mark.parametrize("before, after, outcome", [
+    ("inconclusive", "positive", "strengthened"), ("positive", "inconclusive", "weakened"),
+    ("inconclusive", "equivalent", "strengthened"), ("equivalent", "inconclusive", "weakened"),
+    ("equivalent", "negative", "strengthened"), ("positive", "equivalent", "weakened")])
+def test_a_verdict_that_moves_without_a_significant_change_is_reported_not_failed(tmp_path, before, after, outcome):
     base = make_record("bert", "sentiment", "legal", seeds=3)
-    lang = next(x for x, g in base["gain"].items() if g["verdict"] == "neutral")
+    lang = next(iter(base["gain"]))
+    base["gain"][lang]["verdict"] = before
     record = copy.deepcopy(base)
-    record["gain"][lang]["verdict"] = "positive"
+    record["gain"][lang]["verdict"] = after
     result = _check(record, base, tmp_path)
     assert result.status == "ok"
-    assert [m[:3] for m in result.moved] == [["bert-sentiment-legal", lang, "strengthened"]]
-    back = _check(base, record, tmp_path)
-    assert [m[:3] for m in back.moved] == [["bert-sentiment-legal", lang, "weakened"]]
+    assert [m[:3] for m in result.moved] == [["bert-sentiment-legal", lang, outcome]]
+
+
+def test_a_baseline_file_that_still_says_neutral_reads_it_as_inconclusive(tmp_path):
+    record = make_record("bert", "sentiment", "legal", seeds=3)
+    path = tmp_path / "tiny.json"
+    baselines.update(path, "tiny", [record])
+    data = json.loads(path.read_text())
+    for entry in data["cells"]["bert-sentiment-legal"].values():
+        for g in entry["gain"].values():
+            g["verdict"] = "neutral" if g["verdict"] == "inconclusive" else g["verdict"]
+    path.write_text(json.dumps(data))
+    assert "neutral" in path.read_text()
+    loaded = baselines.load(path, "tiny")["bert-sentiment-legal"]
+    verdicts = {g["verdict"] for e in loaded.values() for g in e["gain"].values()}
+    assert "neutral" not in verdicts and verdicts <= {"positive", "negative", "inconclusive"}
+    assert baselines.check(record, baselines.load(path, "tiny"), path).status == "ok"
 
 
 def test_a_lost_language_fails(tmp_path):

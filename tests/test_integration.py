@@ -120,7 +120,7 @@ def test_record_fields_are_present_and_sane(first_run):
         direct, inter = (record["metrics"][arm][lang]["accuracy"] for arm in ("direct", "intermediate"))
         assert gain["mean"] == pytest.approx(inter - direct)
         assert gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
-        assert gain["verdict"] in {"positive", "negative", "neutral"}
+        assert gain["verdict"] in {"positive", "negative", "equivalent", "inconclusive"}
     assert record["data"]["target"]["train"] > 0 and record["data"]["intermediate"]["train"] >= 10 * 256
     assert record["hyperparameters"]["target"]["lr"] > 0
     assert record["env"]["torch"] and record["env"]["device"] == "cpu"

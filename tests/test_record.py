@@ -66,7 +66,7 @@ BAD = [  # (change, the field named, words of the problem)
     (_set("gain", None), "gain", "expected an object"),
     (_set("gain.en", None), "gain.en", "expected an object"),
     (_set("gain.de", DELETE), "gain.de", "missing"),
-    (_set("gain.en.verdict", "great"), "gain.en.verdict", "positive, negative, neutral"),
+    (_set("gain.en.verdict", "great"), "gain.en.verdict", "positive, negative, equivalent, inconclusive"),
     (_set("gain.en.ci_high", math.inf), "gain.en.ci_high", "not a finite number"),
     (_set("metrics.direct.en.accuracy", math.nan), "metrics.direct.en.accuracy", "not a finite number"),
     (_set("metrics.intermediate", DELETE), "metrics.intermediate", "missing"),

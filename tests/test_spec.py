@@ -209,3 +209,23 @@ def test_bad_profile_tables_name_the_key(tiny_profile, data, tmp_path, extra, wo
 def test_hub_keys_are_checked(tiny_profile, data, tmp_path, changes, key, words):
     message = spec_error(tiny_profile, write_spec(tmp_path / "s.toml", target_entry(**changes)), data)
     assert f"key '{key}'" in message and words in message
+
+
+def test_a_margins_table_sets_the_equivalence_margin_per_metric(tiny_profile, data, tmp_path):
+    from harness.definitions.metrics import EQUIVALENCE_MARGIN, equivalence_margin
+
+    spec = write_spec(tmp_path / "s.toml", target_entry(), extra="\n[margins]\naccuracy = 0.05\nspearman = 0\n")
+    profile = apply_spec(tiny_profile, spec, data)
+    assert profile.margins == {"accuracy": 0.05, "spearman": 0.0}
+    assert equivalence_margin("accuracy", profile.margins) == 0.05
+    assert equivalence_margin("macro_f1", profile.margins) == EQUIVALENCE_MARGIN == 0.02
+    assert equivalence_margin("accuracy", profile.margins, override=0.01) == 0.01  # pytest --margin wins
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[margins]\nacuracy = 0.05\n", "[margins] key 'acuracy': unknown metric"),
+    ("[margins]\naccuracy = 1.5\n", "[margins] key 'accuracy': must be a number in [0, 1), got 1.5"),
+    ('[margins]\naccuracy = "small"\n', "[margins] key 'accuracy': must be a number in [0, 1), got 'small'")])
+def test_a_bad_margins_table_is_one_line(tiny_profile, data, tmp_path, table, message):
+    spec = write_spec(tmp_path / "s.toml", target_entry(), extra="\n" + table)
+    assert message in spec_error(tiny_profile, spec, data)

@@ -2,7 +2,7 @@
 
 Calibration is shown by simulation: many synthetic test sets with a known truth, each scored the way a cell
 is (per-seed predictions of both arms on one test set). With no true difference the verdict must be
-`neutral` at least 95% of the time; with a clear difference it must be found. Properties of the bootstrap
+`inconclusive` at least 95% of the time; with a clear difference it must be found. Properties of the bootstrap
 (pairing, invariances, determinism) are checked with hypothesis.
 """
 from __future__ import annotations
@@ -61,15 +61,15 @@ def verdict_counts(metric: str, reps: int, seeds: int, shift: float, seed_sd: fl
     return counts
 
 
-def assert_neutral_at_least_95_percent(counts: dict, observed: bool) -> None:
+def assert_inconclusive_at_least_95_percent(counts: dict, observed: bool) -> None:
     """A 95% interval excludes zero 5% of the time by design when there is no difference, so where the interval
-    is exact the observed rate of `neutral` scatters around 95%: there the claim fails when the rate is
+    is exact the observed rate of `inconclusive` scatters around 95%: there the claim fails when the rate is
     significantly below 95% (one-sided binomial test at 1%, which a true rate of 92% fails with these numbers
     of simulations). Where the interval is conservative (`observed`), the observed rate itself must be >= 95%."""
     reps = sum(counts.values())
-    rate = counts["neutral"] / reps
-    assert binomtest(counts["neutral"], reps, 0.95, alternative="less").pvalue > 0.01, f"neutral {rate:.3f}: {counts}"
-    assert rate >= 0.95 or not observed, f"neutral {rate:.3f}: {counts}"
+    rate = counts["inconclusive"] / reps
+    assert binomtest(counts["inconclusive"], reps, 0.95, alternative="less").pvalue > 0.01, f"inconclusive {rate:.3f}: {counts}"
+    assert rate >= 0.95 or not observed, f"inconclusive {rate:.3f}: {counts}"
 
 
 @pytest.mark.parametrize("metric, seeds, seed_sd, reps, observed", [
@@ -80,8 +80,8 @@ def assert_neutral_at_least_95_percent(counts: dict, observed: bool) -> None:
     ("accuracy", 1, 0.0, 400, False),  # one seed: the interval covers test-set sampling only
     pytest.param("spearman", 3, 0.3, 150, True, marks=pytest.mark.slow),
 ])
-def test_no_true_difference_is_neutral_at_least_95_percent(metric, seeds, seed_sd, reps, observed):
-    assert_neutral_at_least_95_percent(verdict_counts(metric, reps, seeds, 0.0, seed_sd), observed)
+def test_no_true_difference_is_inconclusive_at_least_95_percent(metric, seeds, seed_sd, reps, observed):
+    assert_inconclusive_at_least_95_percent(verdict_counts(metric, reps, seeds, 0.0, seed_sd), observed)
 
 
 @pytest.mark.parametrize("metric, shift, seed_sd, expected", [
@@ -95,14 +95,14 @@ def test_clear_true_difference_is_found(metric, shift, seed_sd, expected):
     assert counts[expected] >= 38, counts
 
 
-def test_robustness_without_a_true_shift_is_neutral_at_least_95_percent():
-    """The same true gain in the general and the shifted domain: the difference of gains is neutral."""
+def test_robustness_without_a_true_shift_is_inconclusive_at_least_95_percent():
+    """The same true gain in the general and the shifted domain: the difference of gains is inconclusive."""
     rng = np.random.default_rng(7)
     counts = dict.fromkeys(VERDICTS, 0)
     for r in range(300):
         general, shifted = classification(rng, 3, 1.0, 0.3), classification(rng, 3, 1.0, 0.3)
         counts[bootstrap.robustness(general, shifted, "accuracy", seed=r, n_boot=N_BOOT)["verdict"]] += 1
-    assert_neutral_at_least_95_percent(counts, observed=True)
+    assert_inconclusive_at_least_95_percent(counts, observed=True)
 
 
 def test_robustness_finds_a_gain_that_vanishes_under_shift():
@@ -157,10 +157,10 @@ def _random_classification(seeds, n, seed):
 
 @given(small_cells)
 @settings(max_examples=30)
-def test_identical_arms_have_zero_gain_and_a_neutral_verdict(cell):
+def test_identical_arms_have_zero_gain_and_an_inconclusive_verdict(cell):
     data = _random_classification(*cell)
     g = bootstrap.gain(data._replace(intermediate=data.direct.copy()), "accuracy", seed=0, n_boot=200)
-    assert g == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "verdict": "neutral", "per_seed": [0.0] * cell[0],
+    assert g == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "verdict": "inconclusive", "per_seed": [0.0] * cell[0],
                  "se_boot": 0.0, "se_seeds": [0.0] * cell[0], "p_value": 1.0}
 
 
@@ -185,7 +185,7 @@ def test_swapping_the_arms_mirrors_a_one_seed_interval(n, seed):
                              seed=9, n_boot=200)
     assert swapped["mean"] == pytest.approx(-g["mean"])
     assert (swapped["ci_low"], swapped["ci_high"]) == pytest.approx((-g["ci_high"], -g["ci_low"]))
-    assert swapped["verdict"] == {"positive": "negative", "negative": "positive", "neutral": "neutral"}[g["verdict"]]
+    assert swapped["verdict"] == {"positive": "negative", "negative": "positive", "inconclusive": "inconclusive"}[g["verdict"]]
 
 
 @given(small_cells)
@@ -193,13 +193,13 @@ def test_swapping_the_arms_mirrors_a_one_seed_interval(n, seed):
 def test_verdict_reads_the_interval(cell):
     g = bootstrap.gain(_random_classification(*cell), "accuracy", seed=1, n_boot=200)
     assert g["ci_low"] <= g["ci_high"]
-    assert g["verdict"] == ("positive" if g["ci_low"] > 0 else "negative" if g["ci_high"] < 0 else "neutral")
+    assert g["verdict"] == ("positive" if g["ci_low"] > 0 else "negative" if g["ci_high"] < 0 else "inconclusive")
 
 
 def test_robustness_of_a_cell_against_itself_is_zero():
     data = classification(np.random.default_rng(4), 3, 1.0, 0.3)
     r = bootstrap.robustness(data, data, "accuracy", seed=3)
-    assert r["mean"] == 0.0 and r["verdict"] == "neutral"
+    assert r["mean"] == 0.0 and r["verdict"] == "inconclusive"
 
 
 def test_robustness_needs_the_same_seeds():
@@ -228,3 +228,22 @@ def test_stream_seed_is_the_same_in_every_process():
                           env={"PYTHONHASHSEED": h}).stdout.strip() for h in ("1", "2")}
     assert out == {str(bootstrap.stream_seed("bert-sentiment-legal", "de"))}
     assert bootstrap.stream_seed("bert-sentiment-legal", "de") != bootstrap.stream_seed("bert-sentiment-legal", "fr")
+
+
+@pytest.mark.parametrize("low, high, margin, expected", [
+    (0.01, 0.05, 0.02, "positive"), (-0.05, -0.001, 0.02, "negative"), (-0.015, 0.019, 0.02, "equivalent"),
+    (-0.015, 0.025, 0.02, "inconclusive"), (-0.015, 0.019, 0.0, "inconclusive"), (0.001, 0.01, 0.02, "positive")])
+def test_four_verdict_words(low, high, margin, expected):
+    """Excluding 0 is signed first (an interval inside the margin that excludes 0 is positive); inside +-margin
+    is equivalent; anything else inconclusive, which says `not enough data to tell`, not `no effect`."""
+    assert bootstrap.verdict(low, high, margin) == expected
+
+
+def test_a_gain_reads_its_verdict_with_the_margin():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    same = np.tile(np.where(rng.random(4000) < 0.8, y, 1 - y), (3, 1))
+    data = bootstrap.Arms(y, same, same.copy())
+    data.intermediate[:, :8] = 1 - data.intermediate[:, :8]  # a tiny difference on a large test set
+    assert bootstrap.gain(data, "accuracy", 0, n_boot=400, margin=0.02)["verdict"] == "equivalent"
+    assert bootstrap.gain(data, "accuracy", 0, n_boot=400)["verdict"] == "inconclusive"

@@ -134,6 +134,7 @@ class Profile:
     similarity_head: str = "cross"  # every row's similarity head unless the row or target sets its own
     head_init: str = "random"  # every row's classification-head start unless the row sets its own (LP-FT: probe)
     train_together: bool = False  # untuned cells: a cell's seeds and arms trained together (harness.training.together)
+    margins: dict = field(default_factory=dict)  # main metric -> equivalence margin of verdicts ([margins] table)
 
     @property
     def domains(self) -> tuple:

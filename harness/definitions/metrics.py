@@ -79,6 +79,30 @@ def main_metric(task: str, train_labels: list | None, declared: str | None = Non
     return default, f"default for {task}"
 
 
+# The equivalence margin of a verdict (TOST-style: `equivalent` when the gain's interval lies inside +-margin), per
+# main metric. 0.02 (two points of accuracy or macro-F1, 0.02 of Spearman's rho) is the smallest gain the harness
+# treats as worth reporting anywhere else: the baseline check's --baseline-margin, the change no regression may
+# hide below. A profile's or spec file's [margins] table sets it per metric, pytest --margin for all of them.
+EQUIVALENCE_MARGIN = 0.02
+
+
+def parse_margins(table, where: str) -> dict[str, float]:
+    """A [margins] table: {metric: margin}, each a known metric and a number in [0, 1); ValueError in one line."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} key 'margins': must be a table ([margins]) of metric = number")
+    for metric, value in table.items():
+        if metric not in FUNCTIONS:
+            raise ValueError(f"{where} [margins] key '{metric}': unknown metric (valid: {', '.join(FUNCTIONS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{where} [margins] key '{metric}': must be a number in [0, 1), got {value!r}")
+    return {metric: float(value) for metric, value in table.items()}
+
+
+def equivalence_margin(metric: str, margins: dict, override: float | None = None) -> float:
+    """The margin of gains read in `metric`: --margin when given, else the profile's, else EQUIVALENCE_MARGIN."""
+    return float(override) if override is not None else float(margins.get(metric, EQUIVALENCE_MARGIN))
+
+
 def single_class(runs) -> bool:
     """True when every run's predictions are one and the same class (a constant classifier)."""
     values = np.unique(np.concatenate([np.asarray(r).ravel() for r in runs]))

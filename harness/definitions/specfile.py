@@ -60,6 +60,7 @@ from harness.definitions import data as D
 from harness.definitions.config import (HEAD_INITS, POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile,
                                        TrainConfig)
 from harness.definitions.grid import MODELS, TASKS
+from harness.definitions.metrics import parse_margins
 from harness.definitions.sources import resolve
 from harness.definitions.space import TuningError, parse_space
 from harness.definitions.tasks import TASK_TYPES, task_type
@@ -72,7 +73,7 @@ _OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits"
 _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
-_SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning")
+_SPEC_TABLES = ("dataset", "models", "model_sets", "train", "missing", "tuning", "margins")
 _PROFILE_KEYS = {"seeds": int, "threads": int, "requires_data_dir": str, "tune": bool, "train_together": bool,
                  "ensemble": bool,  # the deprecated name of train_together
                  "pooling": str,
@@ -166,7 +167,16 @@ def _apply(profile: Profile, doc: dict, spec_file: Path, root: Path, cache_dir: 
         model_sets[set_name] = parse_models(table, spec_file, root, f"[model_sets.{set_name}]", cache_dir, rows)
     return dataclasses.replace(profile, targets=targets, intermediates=intermediates, models=models,
                                model_sets=model_sets, missing={**profile.missing, **_missing(doc, spec_file)},
-                               tuning=_tuning(doc, spec_file, profile), **_train(doc, spec_file, profile))
+                               tuning=_tuning(doc, spec_file, profile), **_train(doc, spec_file, profile),
+                               margins={**profile.margins, **_margins(doc, spec_file)})
+
+
+def _margins(doc: dict, spec_file: Path) -> dict:
+    """[margins]: the equivalence margin per main metric (harness.definitions.metrics.parse_margins)."""
+    try:
+        return parse_margins(doc.get("margins", {}), str(spec_file))
+    except ValueError as err:
+        raise SpecError(str(err)) from None
 
 
 def _tuning(doc: dict, spec_file: Path, profile: Profile):

@@ -9,7 +9,8 @@ from harness.output.summary import FDR_MARK, MISSING
 
 # ---------------------------------------------------------------- plot
 
-MARKERS = {"positive": "\u25b2", "negative": "\u25bc", "neutral": "\u25cb", "uninformative": "?", "mixed": "\u00b1"}
+MARKERS = {"positive": "\u25b2", "negative": "\u25bc", "equivalent": "=", "inconclusive": "\u25cb",
+           "uninformative": "?", "mixed": "\u00b1"}
 
 
 def _panels(summary: dict) -> list[tuple[str, dict]]:

@@ -219,7 +219,7 @@ SECTIONS = (("Cross-lingual transfer", cross_lingual_rows, lambda summary: XL_NO
             ("Robustness to domain shift", robustness_rows, robustness_note),
             ("Cost", cost_rows, lambda summary: COST_NOTE),
             ("Significance and detectable change", significance_rows, significance_note))
-MOVED_NOTE = ("Verdicts that moved between neutral and positive/negative against the baseline without a "
+MOVED_NOTE = ("Verdicts that claim less (weakened) or more (strengthened) than against the baseline without a "
               "significant change of the gain: reported, not failed.")
 
 

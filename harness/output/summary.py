@@ -15,7 +15,7 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   Benjamini-Hochberg q-value across every gain of the run, its minimum detectable change (what the baseline check
   catches with 80% power), the seeds that would decide it, and how many verdicts survive a 5% false discovery
   rate: the same flags that put FDR_MARK on the verdicts of every table;
-- weakened / strengthened: verdicts that moved between neutral and positive/negative against the baseline
+- weakened / strengthened: verdicts that claim less / more than against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one
 with an arm significantly below the frozen floor (record `below_floor`) BELOW_FLOOR_MARK, and the summary counts

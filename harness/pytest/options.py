@@ -31,7 +31,8 @@ def _names(kind, valid, more=""):
 
 # Every option of the plugin, in `pytest --help` order: add new options here.
 OPTIONS = (
-    Option("--profile", "profile naming models, data and hyper-parameters (tiny, minilm, paper)", "tiny", ini=True),
+    Option("--profile", "profile naming models, data and hyper-parameters (tiny, offline (alias minilm), paper)",
+           "tiny", ini=True),
     Option("--seeds", "seeds per arm: a count N (seeds 0..N-1) or a comma list (3,4,5); default: the profile's",
            ini=True, metavar="N|LIST"),
     Option("--data-dir", "root folder of the profile's data sets (tiny: generated corpora)", ini=True),
@@ -40,13 +41,15 @@ OPTIONS = (
     Option("--baselines", "folder of recorded baselines, one JSON file per profile", "baselines", ini=True),
     Option("--cache-dir", "intermediate checkpoints, tokenizers, generated corpora and data caches",
            ".cache/transfer-bench", ini=True),
-    Option("--models", _names("models", MODELS)),
+    Option("--models", _names("models", MODELS, " and the profile's other rows, e.g. offline's e5")),
     Option("--tasks", _names("tasks", TASKS)),
     Option("--domains", _names("domains", DOMAINS, " and spec domains")),
     Option("--update-baselines", "record the cells that ran as baselines", switch=True),
     Option("--strict-baselines", "a cell with no baseline fails", switch=True),
     Option("--baseline-margin", "smallest change of a gain or main metric that can fail the baseline check "
            "(default: harness.results.baselines.MARGIN)", metavar="X"),
+    Option("--margin", "equivalence margin of every verdict: `equivalent` when a gain's interval lies inside "
+           "+-X (default: the profile's [margins] table, else 0.02; docs/statistics.md)", metavar="X"),
     Option("--rerun", "retrain cells even when a finished record exists", switch=True),
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model and shape bucket)", switch=True),
@@ -58,7 +61,7 @@ OPTIONS = (
            "(initialisation, data order, dropout), so every true gain is 0 and every decided verdict is false; "
            "records and summary go to RESULTS_DIR/calibration, no baseline is checked or written "
            "(docs/statistics.md: Calibration)", switch=True),
-    Option("--tune", "select each arm's learning rate and epochs on validation data (default in the minilm and "
+    Option("--tune", "select each arm's learning rate and epochs on validation data (default in the offline and "
            "paper profiles; see docs/methodology.md) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),
     Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "

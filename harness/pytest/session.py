@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.definitions.grid import MODELS, TASKS, Cell, check_names
+from harness.definitions.grid import TASKS, Cell, check_names
 from harness.pytest.options import OPTIONS, parse_seeds, setting
 
 log = logging.getLogger("harness")
@@ -44,7 +44,8 @@ class Session:
 
     def __init__(self, config):
         self.config = config
-        self.profile_name = setting(config, "profile") or "tiny"
+        from harness.definitions.profiles import canonical
+        self.profile_name = canonical(setting(config, "profile") or "tiny")  # an alias (minilm) by its name now
         self.paths = {o.dest: setting(config, o.dest) or o.default for o in OPTIONS if o.ini and o.dest not in
                       ("profile", "seeds")}
         self.calibration = bool(config.getoption("calibration"))
@@ -90,6 +91,13 @@ class Session:
             raise ValueError(f"--baseline-margin {margin!r}: expected a number (e.g. 0.05)") from None
         if not self.margin >= 0:
             raise ValueError(f"--baseline-margin {margin!r}: must be zero or more")
+        equivalence = config.getoption("margin")
+        try:
+            self.equivalence = None if equivalence is None else float(equivalence)
+        except ValueError:
+            raise ValueError(f"--margin {equivalence!r}: expected a number (e.g. 0.02)") from None
+        if self.equivalence is not None and not 0 <= self.equivalence < 1:
+            raise ValueError(f"--margin {equivalence!r}: must be in [0, 1)")
         raw_seeds = config.getoption("seeds")
         if raw_seeds is None:
             raw_seeds = config.getini("seeds") or None
@@ -98,7 +106,7 @@ class Session:
         if config.getoption("shard"):
             from harness.pytest.selection import parse_shard
             self.shard = parse_shard(config.getoption("shard"))
-        for kind, valid in (("models", MODELS), ("tasks", TASKS), ("domains", None)):
+        for kind, valid in (("models", None), ("tasks", TASKS), ("domains", None)):  # rows, domains: the profile's
             raw = config.getoption(kind)
             if raw:
                 self.filters[kind] = [x.strip() for x in raw.split(",") if x.strip()]
@@ -118,9 +126,10 @@ class Session:
             raise ValueError(str(err)) from None
 
     def check_profile(self) -> None:
-        """Load the profile now when a --spec file or a profile other than the default one may be unusable
-        (the default `tiny` without --spec cannot be, and loading it generates its corpora)."""
-        if self.paths["spec"] or self.profile_name != "tiny" or self.paths["data_dir"]:
+        """Load the profile now when a --spec file, a profile other than the default one or --models (checked
+        against the profile's rows) may be unusable (the default `tiny` without them cannot be, and loading it
+        generates its corpora)."""
+        if self.paths["spec"] or self.profile_name != "tiny" or self.paths["data_dir"] or "models" in self.filters:
             self.profile  # noqa: B018 (loading is the check)
 
     def baselines(self) -> dict:
@@ -148,6 +157,8 @@ class Session:
                                              model_set=self.config.getoption("model_set"))
                 if "domains" in self.filters:
                     check_names("domain", self.filters["domains"], self._profile.domains)
+                if "models" in self.filters:
+                    check_names("model", self.filters["models"], self._profile.models)
             except ValueError as err:
                 raise pytest.UsageError(str(err)) from None
         return self._profile
@@ -186,6 +197,7 @@ class Session:
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
                                    compile=self.config.getoption("compile"), calibration=self.calibration,
+                                   margin=self.equivalence,
                                    train_together=p.train_together
                                    if self.config.getoption("train_together") is None
                                    else self.config.getoption("train_together"),

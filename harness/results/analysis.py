@@ -29,6 +29,7 @@ def cell_statistics(record: dict, arrays: dict) -> dict:
     its predictions `arrays` (`y_true/LANG`, `ARM/LANG`: seeds x examples). Random streams: stream_seed of the
     cell, language (and arm), so the numbers do not depend on which other cells ran."""
     cell, main, languages = record["cell"], record["main_metric"], record["languages"]
+    margin = float(record.get("margin", 0.0))
     classes = record["data"]["target"].get("labels") is not None
     metrics_se, gains = {arm: {} for arm in ARMS}, {}
     floored = all(f"{FROZEN}/{lang}" in arrays for lang in languages)
@@ -43,7 +44,9 @@ def cell_statistics(record: dict, arrays: dict) -> dict:
                 y_true, np.asarray(arrays[f"{FROZEN}/{lang}"]), main, bootstrap.stream_seed(cell, lang, FROZEN))}
             below += below_floor(cell, lang, main, y_true, arrays)
         direct, inter = list(arrays[f"direct/{lang}"]), list(arrays[f"intermediate/{lang}"])
-        gain = bootstrap.gain(bootstrap.arms(y_true, direct, inter), main, bootstrap.stream_seed(cell, lang))
+        gain = bootstrap.gain(bootstrap.arms(y_true, direct, inter), main, bootstrap.stream_seed(cell, lang),
+                              margin=margin)
+        gain["margin"] = margin
         gain["mdc"] = cell_detectable(gain, len(languages))
         if classes and single_class(direct + inter):
             gain.update(verdict=UNINFORMATIVE, note=UNINFORMATIVE_NOTE)

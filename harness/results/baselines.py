@@ -15,8 +15,9 @@ comparisons. A comparison fails when
 - that interval of the change excludes zero and the change is larger than `margin`, or
 - the gain's verdict reverses (positive <-> negative, both intervals excluding zero), or
 - the language is missing.
-A verdict that moves between neutral and positive/negative without such a change is `weakened` (positive or
-negative -> neutral) or `strengthened` (neutral -> positive or negative): reported, not failed. A significant
+A verdict that moves without such a change is `weakened` when it claims less than before (positive or negative ->
+equivalent or inconclusive, equivalent -> inconclusive) or `strengthened` when it claims more: reported, not
+failed. A baseline file that still says `neutral` reads it as `inconclusive`. A significant
 rise fails too: the code changed what it measures; record it with --update-baselines. Other seeds, another
 machine or another precision are "same code, new randomness", which this rule expects to pass.
 """
@@ -33,7 +34,7 @@ from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
 from harness.results.change import cell_level, change
 from harness.results.moderation import fit_priors, group_of, informative, prior_d0
-from harness.results.record import read_json
+from harness.results.record import OLD_VERDICTS, UNINFORMATIVE, read_json
 
 FORMAT = 2
 FIELDS = ("main_metric", "languages", "seeds", "model", "config_key", "metrics", "metrics_per_seed", "metrics_se",
@@ -92,6 +93,8 @@ def read_file(path: Path) -> dict:
             problem = missing_field(e) or next((f for f in FIELDS + ("device", "precision") if f not in e), None)
             if problem:
                 raise BaselineError(f"{path}: cell '{cell_id}' entry '{key}' field '{problem}' missing")
+            for g in e["gain"].values():  # a file that still says `neutral` reads as today's `inconclusive`
+                g["verdict"] = OLD_VERDICTS.get(g["verdict"], g["verdict"])
     return data
 
 
@@ -162,6 +165,16 @@ def _reversed(old: str, new: str) -> bool:
     return {old, new} == {"positive", "negative"}
 
 
+# how much a verdict claims: nothing, no effect beyond the margin, an effect of a sign
+_CLAIM = {"inconclusive": 0, UNINFORMATIVE: 0, "equivalent": 1, "positive": 2, "negative": 2}
+
+
+def _moved(old: str, new: str) -> str:
+    """A verdict that moved without a significant change of its gain: `weakened` when it claims less than before
+    (positive -> inconclusive, positive -> equivalent, equivalent -> inconclusive), else `strengthened`."""
+    return "weakened" if _CLAIM.get(new, 0) < _CLAIM.get(old, 0) else "strengthened"
+
+
 def _outcome(change: dict, margin: float) -> str:
     return "fail" if change["significant"] and abs(change["change"]) > margin else "ok"
 
@@ -210,7 +223,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, floa
         if _reversed(og["verdict"], ng["verdict"]):
             outcome, why = "fail", "verdict reversed"
         elif outcome == "ok" and og["verdict"] != ng["verdict"]:
-            outcome = "weakened" if ng["verdict"] == "neutral" else "strengthened"
+            outcome = _moved(og["verdict"], ng["verdict"])
         rows.append({"language": lang, "what": "gain", "old": og, "new": ng, "change": c, "outcome": outcome,
                      "why": why if outcome == "fail" else ""})
         for arm in ARMS:

@@ -7,10 +7,11 @@ for the two sources of noise a reader cares about:
 - seed variance, by a Student-t term: each replicate adds t(k-1) * s / sqrt(k), s the spread of the k
   per-seed gains. Resampling k = 3 seeds instead (a nested bootstrap) cannot see its own tails: in
   simulations like those of tests/test_stats.py (256 examples, 3 seeds) it called 16-20% of no-difference
-  cases non-neutral once seed noise dominated; with the t term it was 5.1%. With one seed the interval
+  cases decided once seed noise dominated; with the t term it was 5.1%. With one seed the interval
   covers test-set sampling only, that is, it is conditional on the two trained models.
-The interval is the percentile interval of the replicates. The verdict reads it: above zero `positive`,
-below zero `negative`, otherwise `neutral`.
+The interval is the percentile interval of the replicates. The verdict reads it: above zero `positive`, below
+zero `negative`, inside +-margin `equivalent` (the two one-sided tests of an equivalence at 2.5% each: an
+interval that excludes 0 is signed first), otherwise `inconclusive` (not enough data to tell).
 
 Why not scipy.stats.bootstrap: it resamples one level (observations along one axis), and a robustness
 difference needs two independent example resamples (two test sets) plus seeds paired across them (seed j of
@@ -53,8 +54,14 @@ def arms(y_true, direct, intermediate) -> Arms:
     return Arms(y_true, direct, intermediate)
 
 
-def verdict(ci_low: float, ci_high: float) -> str:
-    return "positive" if ci_low > 0 else "negative" if ci_high < 0 else "neutral"
+def verdict(ci_low: float, ci_high: float, margin: float = 0.0) -> str:
+    """The verdict of a 95% interval: `positive` / `negative` when it excludes 0, `equivalent` when it lies inside
+    (-margin, +margin), else `inconclusive`."""
+    if ci_low > 0:
+        return "positive"
+    if ci_high < 0:
+        return "negative"
+    return "equivalent" if -margin < ci_low and ci_high < margin else "inconclusive"
 
 
 def stream_seed(*parts: str) -> int:
@@ -104,7 +111,7 @@ def _replicates(per_seed: np.ndarray, resampled: np.ndarray, rng: np.random.Gene
     per_seed (k,) holds the seeds' gains, resampled (k, b) the same on b example resamples. s, the spread of
     the per-seed gains, also holds example-by-seed noise that the example bootstrap carries already, so the
     interval errs wide when seeds agree; estimating and removing that share (variance components) made the
-    seed term too noisy with three seeds and the intervals too narrow (neutral 91% under no difference).
+    seed term too noisy with three seeds and the intervals too narrow (inconclusive 91% under no difference).
     """
     mean = resampled.mean(axis=0)
     k, b = resampled.shape
@@ -113,9 +120,10 @@ def _replicates(per_seed: np.ndarray, resampled: np.ndarray, rng: np.random.Gene
     return mean + rng.standard_t(k - 1, size=b) * per_seed.std(ddof=1) / np.sqrt(k)
 
 
-def interval(samples: np.ndarray, point: float, level: float = LEVEL) -> dict:
+def interval(samples: np.ndarray, point: float, level: float = LEVEL, margin: float = 0.0) -> dict:
     low, high = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
-    return {"mean": float(point), "ci_low": float(low), "ci_high": float(high), "verdict": verdict(low, high)}
+    return {"mean": float(point), "ci_low": float(low), "ci_high": float(high),
+            "verdict": verdict(low, high, margin)}
 
 
 def p_value(samples: np.ndarray) -> float:
@@ -126,7 +134,7 @@ def p_value(samples: np.ndarray) -> float:
     return float(min(1.0, 2 * (tail + 1) / (len(samples) + 1)))
 
 
-def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
+def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL, margin: float = 0.0) -> dict:
     """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict,
     and what a comparison with another run needs (`change`): the per-seed gains, the bootstrap standard error
     of the seed mean over test-set resamples (`se_boot`), each seed's own (`se_seeds`: what the summary's rule
@@ -135,7 +143,7 @@ def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float 
     per_seed = seed_gains(data, metric)
     resampled = _example_resample(data, metric, rng, n_boot)
     replicates = _replicates(per_seed, resampled, rng)
-    out = interval(replicates, per_seed.mean(), level)
+    out = interval(replicates, per_seed.mean(), level, margin)
     out.update(per_seed=per_seed.tolist(), se_boot=float(resampled.mean(axis=0).std(ddof=1)),
                se_seeds=resampled.std(axis=1, ddof=1).tolist(), p_value=p_value(replicates))
     return out

@@ -83,7 +83,7 @@ MAX_SEEDS = 50
 
 def seeds_needed(effect: float, se_boot: float, seed_var: float, df_prior: float, level: float = LEVEL,
                  power: float = POWER, most: int = MAX_SEEDS) -> int | None:
-    """The fewest seeds (2..most) with which a true gain of size `effect` is called non-neutral with probability
+    """The fewest seeds (2..most) with which a true gain of size `effect` is called positive or negative with probability
     `power`: (t_{(1+level)/2} + t_power) * se <= |effect|, se^2 = se_boot^2 + seed_var / k on Satterthwaite's
     degrees of freedom (seed term: df_prior + k - 1; the test-set term does not shrink with seeds). None when
     even `most` seeds do not reach it (the test set's own sampling error is too large for that effect)."""

@@ -152,13 +152,13 @@ def moderated_gain(gain: dict, d0: float, s02: float, level: float = LEVEL) -> d
     """A recorded gain (`mean`, `per_seed`, `se_boot`, `se_seeds`) re-read with the moderated seed variance: its
     interval is that of mean + N(0, c^2) + t_{d0+k-1} * s~ / sqrt(k), c the shared test-set SE (shared_se), s~^2 the
     seed variance shrunk towards the run's prior s0^2; `p_value` is the same distribution's, so p < 1 - level
-    exactly when the verdict is not neutral."""
+    exactly when the verdict is positive or negative; `equivalent` reads the gain's own `margin`."""
     k, mean, se = len(gain["per_seed"]), float(gain["mean"]), shared_se(gain)
     s2, df = moderated_variance(float(np.var(gain["per_seed"], ddof=1)), k - 1, d0, s02)
     scale = float(np.sqrt(s2 / k))
     half = mixture_quantile(0.5 + level / 2, se, scale, df)
     low, high = mean - half, mean + half
-    return {"mean": mean, "ci_low": low, "ci_high": high, "verdict": verdict(low, high),
+    return {"mean": mean, "ci_low": low, "ci_high": high, "verdict": verdict(low, high, gain.get("margin", 0.0)),
             "p_value": mixture_p(mean, se, scale, df), "seed_sd": float(np.sqrt(s2)), "df": df}
 
 

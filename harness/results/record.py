@@ -27,7 +27,9 @@ SCHEMA_VERSION = 1
 GAIN_FIELDS = ("mean", "ci_low", "ci_high", "verdict")
 UNINFORMATIVE = "uninformative"  # both arms predict one and the same class: the gain says nothing about transfer
 FROZEN = "frozen"  # the frozen floor (harness.running.probe): beside the ARMS under metrics / metrics_se, no seeds
-VERDICTS = ("positive", "negative", "neutral", UNINFORMATIVE)
+# positive / negative: the interval excludes 0; equivalent: it lies inside +-margin; inconclusive: anything else
+VERDICTS = ("positive", "negative", "equivalent", "inconclusive", UNINFORMATIVE)
+OLD_VERDICTS = {"neutral": "inconclusive"}  # the words of earlier records and baseline files, read as today's
 
 
 class Interval(TypedDict):
@@ -42,6 +44,7 @@ class Interval(TypedDict):
     se_seeds: NotRequired[list[float]]  # each seed's own gain's bootstrap standard error (the shared part: shared_se)
     p_value: NotRequired[float]  # two-sided bootstrap p-value (the summary's FDR q-values read it)
     mdc: NotRequired[float]  # minimum detectable change: what the baseline check catches with 80% power
+    margin: NotRequired[float]  # the equivalence margin the verdict was read with
     note: NotRequired[str]  # why a verdict is `uninformative`
 
 
@@ -80,6 +83,7 @@ class CellRecord(TypedDict):
     # head_init "probe" (harness.running.probe): {mode, arms: arm -> [{seed, layer, C, validation, ...}]}
     head_init: NotRequired[dict[str, Any]]
     calibration: NotRequired[bool]  # an A/A run: the `intermediate` arm is a second direct arm (--calibration)
+    margin: NotRequired[float]  # the equivalence margin of the gains' verdicts (harness.definitions.metrics)
 
 
 class RecordError(Exception):
@@ -133,6 +137,8 @@ def check_interval(value, where: str) -> None:
     _mapping(value, where)
     for name in GAIN_FIELDS[:3]:
         _number(_entry(value, name, where), f"{where}.{name}")
+    if value.get("verdict") in OLD_VERDICTS:
+        value["verdict"] = OLD_VERDICTS[value["verdict"]]
     if _entry(value, "verdict", where) not in VERDICTS:
         raise _Invalid(f"{where}.verdict", f"expected one of {', '.join(VERDICTS)}, got {value['verdict']!r}")
     for name in ("se_boot", "p_value", "mdc"):
@@ -259,6 +265,7 @@ CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "frozen": _of(_mapping, "frozen"), "below_floor": _below_floor,
     "head_init": _of(_mapping, "head_init"),
     "calibration": _of(_flag, "calibration"),
+    "margin": _of(_number, "margin"),
 }
 
 

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from harness.definitions.grid import ARMS, Cell
-from harness.definitions.metrics import main_metric, score
+from harness.definitions.metrics import EQUIVALENCE_MARGIN, equivalence_margin, main_metric, score
 from harness.definitions.tasks import task_type
 from harness.fileio import fingerprint
 from harness.running import arms, probe, tuning
 from harness.running.context import Loaded, RunContext, encode, load_dataset, tokenizer_for
-from harness.running.environment import env_info
+from harness.running.environment import env_info, model_build
 from harness.running.heads import cell_head_init, cell_heads, heads_key
 from harness.training import flops, grouped
 from harness.training.devices import precision
@@ -95,6 +95,7 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcom
     record["budget"] = _budget(ctx, inter, len(setup.train_enc), epochs, selected if space else None)
     if ctx.calibration:
         record["calibration"] = True
+    record["margin"] = equivalence_margin(main[0], p.margins, ctx.margin)
     if setup.head_init == "probe":
         record["head_init"] = {"mode": "probe", "arms": probes}
     if space is not None:
@@ -209,7 +210,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tu
         "hyperparameters": {"target": vars(p.target_train), "intermediate": vars(p.intermediate_train),
                             **({"tuning": p.tuning.describe()} if ctx.tune else {})},
         "config_key": key,
-        "env": env_info(ctx.device),
+        "env": {**env_info(ctx.device), **model_build(p.models[cell.model])},
     }
     return record
 
@@ -236,7 +237,9 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
         ([{"ensemble": grouped.STREAM}] if ctx.train_together and _stackable(ctx, cell) else []) + \
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else []) + \
-        ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else [])
+        ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else []) + \
+        ([{"margin": margin}] if (margin := equivalence_margin(main, p.margins, ctx.margin)) != EQUIVALENCE_MARGIN
+         else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),

@@ -28,6 +28,7 @@ class RunContext:
     train_together: bool = False  # untuned cells: seeds and arms (and the seeds' intermediate models) trained as one
     # grouped model (--train-together)
     calibration: bool = False  # A/A: the intermediate arm is a second direct arm with its own seeds (--calibration)
+    margin: float | None = None  # the equivalence margin of every verdict (--margin; None: the profile's per metric)
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):

@@ -2,6 +2,7 @@
 batch widths, SDPA backends, xdist worker, visible GPUs), built in one place."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -28,6 +29,14 @@ def env_info(device: str) -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "datasets": datasets.__version__, "platform": platform.platform(),
             "torch_threads": torch.get_num_threads(), "git_commit": git_commit(), **device_info(device)}
+
+
+def model_build(row) -> dict:
+    """A model row built on first use (ModelConfig.build, harness.training.e5): what its folder was converted from
+    and the sha256 of that file and of every file written (the folder's build.json); nothing for other rows."""
+    if not row.build:
+        return {}
+    return {"model_build": json.loads((Path(row.source) / "build.json").read_text(encoding="utf-8"))}
 
 
 def device_info(device: str) -> dict:

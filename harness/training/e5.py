@@ -285,7 +285,7 @@ def build(row: ModelConfig) -> Path:
     """The folder of a row built from a package (row.build, BUILT_SOURCES) at `row.source`, converted on first
     use under a lock, atomically; the folder's `build.json` records the input file and the sha256 of each file
     written (the record's `env`)."""
-    package, file, _ = BUILT_SOURCES[row.build]
+    package, file = BUILT_SOURCES[row.build][:2]
 
     def fill(tmp: Path) -> None:
         source = package_file(package, file)

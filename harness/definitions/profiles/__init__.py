@@ -51,6 +51,14 @@ def from_file(path: Path, data_dir: Path | None, cache_dir: Path) -> Profile:
 
 
 PROFILES = {"tiny": tiny, **{f.stem: functools.partial(from_file, f) for f in sorted(SHIPPED.glob("*.toml"))}}
+# Earlier names of shipped profiles: the same profile under its current name (records and baselines say `offline`).
+ALIASES = {"minilm": "offline"}
+PROFILES.update({old: PROFILES[new] for old, new in ALIASES.items()})
+
+
+def canonical(name: str) -> str:
+    """A profile's current name (`minilm` -> `offline`)."""
+    return ALIASES.get(name, name)
 
 
 def load_profile(name: str, data_dir: Path | None, cache_dir: Path, spec_file: str | None = None,
@@ -59,7 +67,7 @@ def load_profile(name: str, data_dir: Path | None, cache_dir: Path, spec_file: s
     (validated now)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
-    profile = PROFILES[name](data_dir, cache_dir)
+    profile = PROFILES[name](data_dir, cache_dir)  # an alias loads its profile, named as it is now
     if model_set:
         if model_set not in profile.model_sets:
             raise ValueError(f"unknown --model-set {model_set!r} for profile {name!r}; valid: "
