@@ -44,8 +44,7 @@ import torch
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Encoded
-from harness.training import attention, flops
-from harness.training import loop
+from harness.training import attention, flops, loop
 from harness.training.devices import precision
 
 log = logging.getLogger("gpu_throughput")
@@ -132,9 +131,8 @@ def ensemble_epochs(models: list, data: Encoded, cfg: TrainConfig, opts: Options
 
 def trainer_epochs(model, data: Encoded, cfg: TrainConfig, opts: Options):
     """(seconds, peak GiB, None) of each epoch through Trainer (one trainer.train() per epoch)."""
-    from transformers import BertTokenizerFast
-
     from reference import make_trainer
+    from transformers import BertTokenizerFast
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab = Path(tmp) / "vocab.txt"  # a tokenizer only for the collator's padding (pad id 0)

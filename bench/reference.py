@@ -106,8 +106,8 @@ def compare_loops(case: "ParityCase", seed: int, output_dir, arms=LOOPS) -> dict
     (Trainer with its own random sampler). Returns {arm: the task's main metric} and, when the first two both
     ran, `weight_diff`: the largest absolute difference between their trained weights (0.0: the same numbers)."""
     from harness.definitions.metrics import score
-    from harness.training.models import build_model
     from harness.training.loop import predict, train
+    from harness.training.models import build_model
 
     unknown = [a for a in arms if a not in LOOPS]
     if unknown:

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import make_trainer, trainer_predict
 
 from harness.definitions import data as D
 from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.metrics import accuracy
 from harness.definitions.profiles import load_profile
-from harness.training import flops, together
 from harness.running.context import RunContext, load_dataset, tokenizer_for
+from harness.training import flops, together
 from harness.training.devices import default_device, precision, threads_per_worker, usable_cores
-from harness.training.models import build_model
-from reference import make_trainer, trainer_predict
 from harness.training.loop import lengths_of, predict, train
+from harness.training.models import build_model
 
 pytest.importorskip("pytest_benchmark", reason="the speed benchmarks need the test extra: pip install -e '.[test]'")
 pytest.importorskip("accelerate", reason="Hugging Face Trainer needs accelerate (the test extra)")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
-from harness.results.resume import finished_record
 from harness import fileio
 from harness.fileio import atomic_dir, fingerprint, is_complete
+from harness.results.resume import finished_record
 from harness.running import cache
 from harness.running.cache import cached_encoding
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_pytest
 
+from harness.running.environment import device_info
 from harness.training.devices import (
     assign_device,
     pin_worker_device,
@@ -17,7 +18,6 @@ from harness.training.devices import (
     visible_gpus,
     worker_index,
 )
-from harness.running.environment import device_info
 
 
 @pytest.mark.parametrize("worker, expected", [("gw0", "3"), ("gw1", "5"), ("gw2", "3"), ("gw5", "5")])

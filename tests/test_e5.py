@@ -22,7 +22,7 @@ PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", "\u2581a", "\u2581b", "a", 
           "\u2581query:", "<mask>"]
 SCORES = [0.0, 0.0, 0.0, 0.0, -3.0, -2.0, -2.5, -3.0, -3.0, -1.5, -4.0, -2.0, -1.0, 0.0]
 NORMALISER = {"\uff21": "a", "\t": " ", "\x01": ""}  # fullwidth A -> a, tab -> space, a control character dropped
-SIZE = dict(hidden=32, layers=1, heads=2, ffn=64, vocab=len(PIECES) + 2, positions=16, types=2)
+SIZE = {"hidden": 32, "layers": 1, "heads": 2, "ffn": 64, "vocab": len(PIECES) + 2, "positions": 16, "types": 2}
 SHORT = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
          "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
          "fo": "output.dense", "oln": "output.LayerNorm"}

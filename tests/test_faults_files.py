@@ -23,10 +23,10 @@ from harness import fileio
 from harness.__main__ import main
 from harness.definitions import data as D
 from harness.definitions.config import DatasetConfig
+from harness.fileio import atomic_dir
 from harness.output.report import write_summary
 from harness.results import baselines
 from harness.results import record as R
-from harness.fileio import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0

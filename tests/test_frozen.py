@@ -172,3 +172,22 @@ def test_probe_matches_an_independent_scikit_learn_probe(minilm, tmp_path):
     theirs = float((LogisticRegression(C=best, max_iter=5000).fit(x, y).predict(xt) == y_test).mean())
     assert meta["probe"]["validation_source"] == "own" and meta["features"] == "pooled embeddings"
     assert ours > 0.4 and abs(ours - theirs) <= 0.05
+
+
+def test_below_the_floor_is_corrected_for_the_cells_comparisons():
+    """24 comparisons of an arm with the floor (2 arms x 12 languages): one at p = 0.03 would be `below` at 5%
+    on its own, but not after Benjamini-Hochberg across the cell; one at p = 0.001 stays; a significant rise
+    above the floor is never listed."""
+    from harness.results.analysis import below_floor
+
+    def diff(lang, arm, mean, p):
+        return {"arm": arm, "language": lang, "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1, "p_value": p}
+
+    langs = [f"l{i}" for i in range(12)]
+    differences = [diff(lang, arm, 0.01, 0.6) for lang in langs for arm in ("direct", "intermediate")]
+    differences[0] = diff("l0", "direct", -0.2, 0.001)
+    differences[1] = diff("l0", "intermediate", -0.05, 0.03)
+    differences[2] = diff("l1", "direct", +0.3, 0.001)
+    below = below_floor(differences)
+    assert [(b["arm"], b["language"]) for b in below] == [("direct", "l0")]
+    assert below[0]["q_value"] == pytest.approx(0.001 * 24 / 2)

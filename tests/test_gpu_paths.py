@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
-from harness.training import attention, buckets
 from harness.running.environment import device_info
-from harness.training.models import build_model
+from harness.training import attention, buckets
 from harness.training.loop import collate, eval_batches, lengths_of, predict, train
+from harness.training.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from harness.definitions.grid import Cell
 from harness.definitions.specfile import SpecError, read_profile
 from harness.running import probe as lpft
 from harness.running.heads import cell_head_init
-from harness.training.models import build_model
 from harness.training.loop import predict
+from harness.training.models import build_model
 
 
 def _encoded(tok, labels=("a", "b"), n=96, seed=0):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from harness.definitions.data import Split, encode
+from harness.training.loop import collate
 from harness.training.models import body_state, build_model
 from harness.training.tokenizers import load_tokenizer
-from harness.training.loop import collate
 
 FAMILIES = ("bert", "roberta", "xlnet")
 STYLE = {"bert": "WordPiece", "roberta": "BPE", "xlnet": "Unigram"}

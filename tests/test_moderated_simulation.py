@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from harness.results import bootstrap, moderation
-from harness.results.significance import q_values, significance
+from harness.results.bootstrap import q_values
+from harness.results.significance import significance
 
 N_TEST, SEEDS, LANGS = 256, 3, ("en", "de", "fr")
 TASKS = {"sentiment": 0.2, "classification": 0.5, "similarity": 0.4}  # seed sd (logit scale) of the task

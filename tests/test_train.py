@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
 from harness.definitions.metrics import accuracy, spearman
-from harness.training.models import build_model
 from harness.training.loop import length_grouped_batches, predict, train
+from harness.training.models import build_model
 
 
 def _toy_pairs(n: int = 96, seed: int = 0) -> Split:

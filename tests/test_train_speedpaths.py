@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from harness.definitions.config import TrainConfig
 from harness.definitions.data import Split, encode
 from harness.training import flops
-from harness.training.models import build_model
 from harness.training.loop import autocast, collate, eval_batches, lengths_of, predict, to_device, train
+from harness.training.models import build_model
 
 
 def _toy(tok, n: int = 48):
@@ -104,8 +104,8 @@ def test_throughput_block_and_peak_memory():
 
 
 def test_a_cell_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
-    from harness.running.context import RunContext
     from harness.running.cell import _throughput
+    from harness.running.context import RunContext
 
     tok = tiny_tokenizers["roberta"]
     model = build_model(tiny_profile.models["roberta"], tok, 2, 16, 0)

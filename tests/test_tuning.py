@@ -165,8 +165,8 @@ def _tiny_rows(profile, tok, limit: int):
 
 
 def test_train_stops_after_the_epoch_whose_hook_says_so(tiny_profile, tiny_tokenizers):
-    from harness.training.models import build_model
     from harness.training.loop import train
+    from harness.training.models import build_model
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     enc, labels = _tiny_rows(tiny_profile, tok, 32)
@@ -218,8 +218,8 @@ def test_select_returns_the_best_epoch_weights_not_the_last_ones(tiny_profile, t
 
 def test_per_epoch_validation_does_not_change_training(tiny_profile, tiny_tokenizers):
     """The hook predicts between epochs: training must end with the same weights as without it (RNG untouched)."""
-    from harness.training.models import build_model
     from harness.training.loop import predict, train
+    from harness.training.models import build_model
 
     spec, tok = tiny_profile.models["bert"], tiny_tokenizers["bert"]
     enc, labels = _tiny_rows(tiny_profile, tok, 64)

