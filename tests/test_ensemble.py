@@ -110,21 +110,46 @@ def test_group_seed_depends_on_the_members_seeds():
     assert ensemble.group_seed([0, 0, 1, 1]) == ensemble.group_seed([0, 0, 1, 1]) != ensemble.group_seed([0, 1])
 
 
-def test_paired_steps_give_each_member_its_own_batches_in_a_random_order():
+def visit_times(steps: list, n: int) -> np.ndarray:
+    """(members, n): the step at which each member sees each example."""
+    times = np.zeros((len(steps[0]), n))
+    for k, step in enumerate(steps):
+        for m, idx in enumerate(step):
+            times[m, idx] = k
+    return times
+
+
+@pytest.mark.parametrize("n, batch", [(256, 16), (1000, 32)])
+def test_paired_steps_give_each_member_its_own_data_order(n, batch):
+    """Every batch of a member once a epoch; a step's batches from one width bucket (little padding); the step at
+    which two members see an example unrelated (|r| <= 0.1; pairing by exact width rank gave 0.8), as in
+    sequential training, where members' orders are independent."""
+    corr, spread = [], []
+    for rep in range(20):
+        lengths = np.random.default_rng(rep).integers(3, 60, size=n)
+        rngs = [np.random.default_rng(100 * rep + s) for s in (0, 1, 2)]
+        plans = [ensemble.length_grouped_batches(lengths, batch, r) for r in rngs]
+        steps = ensemble.paired_steps(plans, lengths, np.random.default_rng(9 + rep), rngs)
+        assert len(steps) == len(plans[0])
+        for m, plan in enumerate(plans):  # every batch of the member once, none of another member's
+            assert sorted(tuple(b) for b in plan) == sorted(tuple(step[m]) for step in steps)
+        times = visit_times(steps, n)
+        corr.append(np.corrcoef(times[0], times[1])[0, 1])
+        widths = np.array([[lengths[b].max() for b in step] for step in steps])
+        spread.append(np.mean(np.ptp(widths, axis=1)) / lengths.max())
+    assert abs(np.mean(corr)) <= 0.1, np.mean(corr)
+    assert np.mean(spread) < 0.3  # one bucket a step: widths within it, not across the whole range
+
+
+def test_paired_steps_are_the_groups_and_members_own():
     lengths = np.random.default_rng(5).integers(3, 30, size=203)
-    plans = [ensemble.length_grouped_batches(lengths, 16, np.random.default_rng(s)) for s in (0, 1, 2)]
-    steps = ensemble.paired_steps(plans, lengths, np.random.default_rng(9))
-    assert len(steps) == len(plans[0])
-    for m, plan in enumerate(plans):  # every batch of the member once, none of another member's
-        assert sorted(tuple(b) for b in plan) == sorted(tuple(step[m]) for step in steps)
-    rank = [{tuple(b): r for r, b in enumerate(sorted(plan, key=lambda b: (lengths[b].max(), len(b))))}
-            for plan in plans]
-    assert all(len({rank[m][tuple(b)] for m, b in enumerate(step)}) == 1 for step in steps)  # one rank a step
-    widths = np.array([[lengths[b].max() for b in step] for step in steps])
-    assert (np.ptp(widths, axis=1) <= 3).mean() > 0.9  # paired by width rank: little padding in a step
-    assert not np.array_equal(widths[:, 0], np.sort(widths[:, 0]))  # the steps come in a shuffled order
-    again = ensemble.paired_steps(plans, lengths, np.random.default_rng(9))
-    assert all(all(np.array_equal(a, b) for a, b in zip(x, y)) for x, y in zip(steps, again))
+    plans = lambda: [ensemble.length_grouped_batches(lengths, 16, np.random.default_rng(s)) for s in (0, 1)]  # noqa: E731
+    own = lambda: [np.random.default_rng(s) for s in (0, 1)]  # noqa: E731
+    steps = ensemble.paired_steps(plans(), lengths, np.random.default_rng(9), own())
+    again = ensemble.paired_steps(plans(), lengths, np.random.default_rng(9), own())
+    other = ensemble.paired_steps(plans(), lengths, np.random.default_rng(10), own())
+    same = lambda x, y: all(all(np.array_equal(a, b) for a, b in zip(s, t)) for s, t in zip(x, y))  # noqa: E731
+    assert same(steps, again) and not same(steps, other)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])

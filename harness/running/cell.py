@@ -24,7 +24,7 @@ from harness.running import arms, probe, tuning
 from harness.running.context import Loaded, RunContext, encode, load_dataset, tokenizer_for
 from harness.running.environment import env_info, model_build
 from harness.running.heads import cell_head_init, cell_heads, heads_key
-from harness.training import flops, grouped
+from harness.training import flops, grouped, together
 from harness.training.devices import precision
 from harness.training.loop import lengths_of, predict
 
@@ -235,7 +235,7 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        ([{"ensemble": grouped.STREAM}] if ctx.train_together and _stackable(ctx, cell) else []) + \
+        ([{"ensemble": grouped.STREAM, "pairing": together.PAIRING}] if ctx.train_together and _stackable(ctx, cell) else []) + \
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else []) + \
         ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else []) + \
         ([{"margin": margin}] if (margin := equivalence_margin(main, p.margins, ctx.margin)) != EQUIVALENCE_MARGIN

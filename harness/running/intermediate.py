@@ -18,6 +18,7 @@ from harness.training.devices import precision
 from harness.training.grouped import STREAM
 from harness.training.loop import train
 from harness.training.models import body_state, build_model
+from harness.training.together import PAIRING
 
 
 def intermediate_body(ctx: RunContext, cell: Cell, seed: int, together=None) -> tuple[dict, dict]:
@@ -82,4 +83,4 @@ def intermediate_key(ctx: RunContext, cell: Cell, seed: int, group: list | None 
     return fingerprint("intermediate", p.models[cell.model].describe, inter.digest, p.intermediate_train, seed,
                        tokenizer_digest(tokenizer_for(ctx, cell.model)), precision(ctx.device), torch.__version__,
                        transformers.__version__, *heads_key(p, cell),
-                       *([{"ensemble": group, "dropout": STREAM}] if group else []))
+                       *([{"ensemble": group, "dropout": STREAM, "pairing": PAIRING}] if group else []))

@@ -6,7 +6,8 @@ the intermediate models of the run's seeds (harness.running.intermediate.interme
 Each member keeps its own initialisation (build_model with its seed; the intermediate arm its seed's body), data
 order (numpy generator of its seed, as harness.training.loop), loss, gradient clipping (per-member norm) and
 AdamW state (AdamW is elementwise: a stacked tensor's state is the members' states side by side). What members
-share: the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
+share: the sequence of width buckets of an epoch's steps (paired_steps; the batches within a bucket come in each
+member's own order), the step's batch width (each member's batch is padded to the widest of the step, with an attention mask;
 a member whose batch is short, the last one of an epoch, is padded with zero-weight rows) and the dropout
 stream (one generator seeded by the group draws every row's masks, so each member gets its own: on CPU a numpy
 generator, harness.training.grouped.GroupedDropout). So a seed's
@@ -33,16 +34,35 @@ def group_seed(seeds) -> int:
     return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
 
 
-def paired_steps(plans: list, lengths: np.ndarray, rng: np.random.Generator) -> list[tuple]:
-    """One epoch's steps: at each step every member's batch (plans[m]: member m's batches, in its random order).
+PAIRING = "width-buckets"  # how paired_steps pairs members' batches: in the cell and intermediate cache keys
+MIN_PER_BUCKET, MAX_BUCKETS = 4, 8  # width buckets of a grouped epoch: at least 4 batches each, at most 8 buckets
 
-    Members' batches are paired by rank of width (longest example, then size), so the batches trained in one step
-    are about equally wide and little of the step goes to padding; the steps then come in an order drawn from `rng`
-    (the group's generator). Each member still sees its batches in a uniformly random order (its own batches,
-    ties broken by its own shuffle, under a uniformly random permutation of ranks): the same distribution of data
-    orders as sequential training, only correlated across the members of the group."""
+
+def paired_steps(plans: list, lengths: np.ndarray, rng: np.random.Generator, own: list) -> list[tuple]:
+    """One epoch's steps: at each step every member's batch (plans[m]: member m's batches).
+
+    Each member's batches are ranked by width (longest example, then size) and cut into width buckets of at least
+    MIN_PER_BUCKET batches (at most MAX_BUCKETS buckets); a step takes one batch of the same bucket from every
+    member, so its batches are about equally wide and little of the step goes to padding. Within a bucket each member
+    takes its batches in an order of its own (`own[m]`, its generator), so members see an example at unrelated times
+    (pairing by exact width rank, as before, correlated the step at which two members saw an example at 0.8; now
+    about 0, tests/test_ensemble.py). The buckets' steps are spread evenly over the epoch (the j-th of a bucket's n_b
+    steps at (j + 1/2) / n_b of it, ties in an order drawn from `rng`, the group's generator), so no bucket's examples
+    come early or late for every member at once."""
     ranked = [sorted(plan, key=lambda idx: (int(lengths[idx].max()), len(idx))) for plan in plans]
-    return [tuple(plan[r] for plan in ranked) for r in rng.permutation(len(ranked[0]))]
+    n = len(ranked[0])
+    buckets = max(1, min(MAX_BUCKETS, n // MIN_PER_BUCKET))
+    edges = np.linspace(0, n, buckets + 1).round().astype(int)
+    queues = [[[plan[lo:hi][i] for i in gen.permutation(hi - lo)] for lo, hi in zip(edges[:-1], edges[1:])]
+              for plan, gen in zip(ranked, own)]
+    slots = sorted(((j + 0.5) / (hi - lo), tie, b) for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+                   for j, tie in zip(range(hi - lo), rng.random(hi - lo)))
+    taken = [0] * buckets
+    steps = []
+    for _, _, b in slots:
+        steps.append(tuple(queue[b][taken[b]] for queue in queues))
+        taken[b] += 1
+    return steps
 
 
 def _pad(data: Encoded, batches: list, width: int, size: int, pad_id: int, left_pad: bool):
@@ -121,7 +141,7 @@ def train_together(models: list, family: str, data: Encoded, cfg: TrainConfig, s
     losses, start = [], time.perf_counter()
     for _ in range(cfg.epochs):
         for step in paired_steps([length_grouped_batches(lengths, cfg.batch_size, rng) for rng in rngs], lengths,
-                                 order):
+                                 order, rngs):
             width = int(max(lengths[idx].max() for idx in step))
             ids, mask, types, targets, weights = _pad(data, list(step), width, max(len(i) for i in step), pad_id,
                                                       left_pad)
