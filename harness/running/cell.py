@@ -64,51 +64,71 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcom
     setup, test_enc = _setup(ctx, cell, target, main[0], space is not None)
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
                "eval_s": 0.0, **({"probe_s": 0.0} if setup.head_init == "probe" else {})}
-    preds = {arm: {lang: [] for lang in test_enc} for arm in ARMS}
-    inter_meta, probes = [], {arm: [] for arm in ARMS}
-    epochs, selected = {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
-    train_examples = eval_examples = 0
-    pad, left = setup.pad
-    for arm, seed, run in _train_arms(setup, space):
-        if run.intermediate is not None:
-            timings["intermediate_s"] += run.intermediate["seconds"]
-            inter_meta.append({"seed": seed, **run.intermediate})
-        if run.probe is not None:
-            probes[arm].append(run.probe)
-            timings["probe_s"] += run.probe["seconds"]
-        epochs[arm].append(run.epochs)
-        selected[arm].append(run.selected)
-        timings["train_s"] += run.info["seconds"]
-        timings["validation_s"] += run.info["callback_seconds"]
-        train_examples += run.info["examples"]
-        t = time.perf_counter()
-        for lang, enc in test_enc.items():
-            preds[arm][lang].append(predict(run.model, enc, setup.hp.eval_batch_size, ctx.device, pad, left))
-            eval_examples += len(enc)
-        timings["eval_s"] += time.perf_counter() - t
+    done = _evaluate(setup, space, test_enc, timings)
     t = time.perf_counter()
     floor, record_floor = probe.floor(ctx, cell, target, setup.tokenizer, main[0])  # after the arms: streams untouched
     timings["frozen_s"] = time.perf_counter() - t
-    record = _record(ctx, cell, target, test_enc, preds, inter_meta, main, key)
+    record = _record(ctx, cell, target, test_enc, done.preds, done.inter_meta, main, key)
     record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
     record["frozen"] = record_floor
-    record["budget"] = _budget(ctx, inter, len(setup.train_enc), epochs, selected if space else None)
+    record["budget"] = _budget(ctx, inter, len(setup.train_enc), done.epochs, done.selected if space else None)
     if ctx.calibration:
         record["calibration"] = True
     record["margin"] = equivalence_margin(main[0], p.margins, ctx.margin)
     if setup.head_init == "probe":
-        record["head_init"] = {"mode": "probe", "arms": probes}
+        record["head_init"] = {"mode": "probe", "arms": done.probes}
     if space is not None:
-        record["tuning"] = _tuning_record(space, main[0], selected)
+        record["tuning"] = _tuning_record(space, main[0], done.selected)
         record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
-    timings.update(train_examples_per_s=train_examples / max(timings["train_s"], 1e-9),
-                   eval_examples_per_s=eval_examples / max(timings["eval_s"], 1e-9),
+    timings.update(train_examples_per_s=done.train_examples / max(timings["train_s"], 1e-9),
+                   eval_examples_per_s=done.eval_examples / max(timings["eval_s"], 1e-9),
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
-    hp = setup.hp
-    runs_epochs = hp.epochs if space is None else sum(map(_epochs_run, selected.values())) / (2 * len(ctx.seeds))
-    record["throughput"] = _throughput(ctx, run.model, runs_epochs, setup.train_enc, test_enc, timings)
-    return Outcome(record, {**_arrays(test_enc, preds), **{f"frozen/{lang}": x[None] for lang, x in floor.items()}})
+    runs_epochs = setup.hp.epochs if space is None else \
+        sum(map(_epochs_run, done.selected.values())) / (2 * len(ctx.seeds))
+    record["throughput"] = _throughput(ctx, done.last_model, runs_epochs, setup.train_enc, test_enc, timings)
+    frozen = {f"frozen/{lang}": x[None] for lang, x in floor.items()}
+    return Outcome(record, {**_arrays(test_enc, done.preds), **frozen})
+
+
+@dataclass
+class Evaluated:
+    """What a cell's arms left: test predictions per arm and language (seeds in order), the intermediate models'
+    and probes' metadata, the epochs and search results behind each arm's models, example counts, the last model."""
+    preds: dict
+    inter_meta: list = field(default_factory=list)
+    probes: dict = field(default_factory=lambda: {arm: [] for arm in ARMS})
+    epochs: dict = field(default_factory=lambda: {arm: [] for arm in ARMS})
+    selected: dict = field(default_factory=lambda: {arm: [] for arm in ARMS})
+    train_examples: int = 0
+    eval_examples: int = 0
+    last_model: object = None
+
+
+def _evaluate(setup: arms.Setup, space, test_enc: dict, timings: dict) -> Evaluated:
+    """Train every arm and seed (_train_arms) and predict each one's test sets as soon as it is trained; phase
+    seconds are added to `timings`."""
+    done = Evaluated({arm: {lang: [] for lang in test_enc} for arm in ARMS})
+    pad, left = setup.pad
+    for arm, seed, run in _train_arms(setup, space):
+        if run.intermediate is not None:
+            timings["intermediate_s"] += run.intermediate["seconds"]
+            done.inter_meta.append({"seed": seed, **run.intermediate})
+        if run.probe is not None:
+            done.probes[arm].append(run.probe)
+            timings["probe_s"] += run.probe["seconds"]
+        done.epochs[arm].append(run.epochs)
+        done.selected[arm].append(run.selected)
+        timings["train_s"] += run.info["seconds"]
+        timings["validation_s"] += run.info["callback_seconds"]
+        done.train_examples += run.info["examples"]
+        t = time.perf_counter()
+        for lang, enc in test_enc.items():
+            done.preds[arm][lang].append(predict(run.model, enc, setup.hp.eval_batch_size, setup.ctx.device, pad, left))
+            done.eval_examples += len(enc)
+        timings["eval_s"] += time.perf_counter() - t
+        done.last_model = run.model
+    return done
 
 
 def _setup(ctx: RunContext, cell: Cell, target: Loaded, metric: str, tuned: bool) -> tuple[arms.Setup, dict]:
@@ -235,7 +255,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
     import transformers
     p = ctx.profile
     extra = ([p.tuning] if ctx.tune else []) + ([main] if main != task_type(cell.task).main_metric else []) + \
-        ([{"ensemble": grouped.STREAM, "pairing": together.PAIRING}] if ctx.train_together and _stackable(ctx, cell) else []) + \
+        ([{"ensemble": grouped.STREAM, "pairing": together.PAIRING}] if ctx.train_together and _stackable(ctx, cell)
+         else []) + \
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else []) + \
         ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else []) + \
         ([{"margin": margin}] if (margin := equivalence_margin(main, p.margins, ctx.margin)) != EQUIVALENCE_MARGIN
