@@ -14,7 +14,7 @@ from harness.results import analysis
 from harness.results.baselines import MARGIN
 from harness.results.bootstrap import FDR, LEVEL, q_values
 from harness.results.change import MAX_SEEDS, seeds_needed
-from harness.results.moderation import prior_d0
+from harness.results.moderation import prior_d0, shared_se
 from harness.results.record import GAIN_FIELDS
 
 
@@ -23,11 +23,12 @@ def _seeds_needed(g: dict, effect: float, priors: dict, group: str):
     an int, `>MAX` when even MAX seeds do not reach it, None without per-seed gains or test-set error."""
     if len(g.get("per_seed") or []) < 2 or g.get("se_boot") is None:
         return None
-    if g.get("rule") == analysis.MODERATED:
-        var, d0 = g["seed_sd"] ** 2, prior_d0(priors[group])
+    if g.get("rule") == analysis.MODERATED:  # the test-set term that more seeds do not shrink: the shared one
+        var, d0, se = g["seed_sd"] ** 2, prior_d0(priors[group]), shared_se(g)
     else:
         var, d0 = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (len(g["per_seed"]) - 1)), 0.0
-    k = seeds_needed(effect, g["se_boot"], var, d0)
+        se = g["se_boot"]
+    k = seeds_needed(effect, se, var, d0)
     return f">{MAX_SEEDS}" if k is None else k
 
 
