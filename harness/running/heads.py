@@ -9,7 +9,7 @@ from harness.definitions.tasks import task_type
 from harness.training.models import model_pooling
 
 
-def cell_heads(profile, cell) -> tuple[str, str]:
+def cell_heads(profile: Profile, cell: Cell) -> tuple[str, str]:
     """(pooling, similarity head) of a cell: pooling from its model row, else the profile, else the checkpoint;
     the head of a pair regression task (similarity) from its target data set, else its model row, else the
     profile ('cross' for every other task). Both arms and the intermediate model use them."""
@@ -22,7 +22,7 @@ def cell_heads(profile, cell) -> tuple[str, str]:
     return pooling, (target.similarity_head if target else None) or row.similarity_head or profile.similarity_head
 
 
-def cell_head_init(profile, cell) -> str:
+def cell_head_init(profile: Profile, cell: Cell) -> str:
     """How a cell's classification head starts (one of HEAD_INITS): its model row's `head_init`, else the
     profile's. A regression task's head (similarity) always starts at random: there is no probe to start from."""
     if task_type(cell.task).regression:
