@@ -45,8 +45,8 @@ def paired_steps(plans: list, lengths: np.ndarray, rng: np.random.Generator, own
     MIN_PER_BUCKET batches (at most MAX_BUCKETS buckets); a step takes one batch of the same bucket from every
     member, so its batches are about equally wide and little of the step goes to padding. Within a bucket each member
     takes its batches in an order of its own (`own[m]`, its generator), so members see an example at unrelated times
-    (pairing by exact width rank, as before, correlated the step at which two members saw an example at 0.8; now
-    about 0, tests/test_ensemble.py). The buckets' steps are spread evenly over the epoch (the j-th of a bucket's n_b
+    (the correlation of those steps is about 0, tests/test_ensemble.py). The two arms of one seed share its generator,
+    so they see the same order, as in sequential training. The buckets' steps are spread evenly over the epoch (the j-th of a bucket's n_b
     steps at (j + 1/2) / n_b of it, ties in an order drawn from `rng`, the group's generator), so no bucket's examples
     come early or late for every member at once."""
     ranked = [sorted(plan, key=lambda idx: (int(lengths[idx].max()), len(idx))) for plan in plans]
