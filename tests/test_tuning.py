@@ -24,7 +24,11 @@ from harness.running.tuning import RISING, Search, convergence
 # ---------------------------------------------------------------- search space
 
 @pytest.mark.parametrize("table, key, problem", [
-    ({"lr": [1e-4], "warmup": 2}, "warmup", "unknown key (valid: lr, max_epochs, patience, validation_fraction)"),
+    ({"lr": [1e-4], "warmup": 2}, "warmup", "unknown key (valid: lr, max_epochs, patience, min_epochs, selection, "
+                                                 "validation_fraction)"),
+    ({"min_epochs": 0}, "min_epochs", "integer of at least 1, got 0"),
+    ({"min_epochs": 13, "max_epochs": 12}, "min_epochs", "must not exceed max_epochs (12), got 13"),
+    ({"selection": "median"}, "selection", "must be one of best, one-se, got 'median'"),
     ({"lr": []}, "lr", "non-empty list"),
     ({"lr": [1e-4, 0.0]}, "lr", "positive number"),
     ({"lr": [-1e-4]}, "lr", "positive number"),
@@ -89,12 +93,12 @@ def test_profile_spaces_pass_their_own_checks_and_tuning_is_off_only_in_tiny(tin
 
 # ---------------------------------------------------------------- selection and convergence
 
-def _scripted(space: SearchSpace, curves: dict) -> tuple[Search, dict]:
+def _scripted(space: SearchSpace, curves: dict, se: float = 0.0) -> tuple[Search, dict]:
     """Drive a Search as train() would: per learning rate, epochs until observe() says stop. The model's weight
     holds lr * 10 + epoch, so the kept state says which epoch it came from. Returns the search and the epochs
     each run trained."""
     model = torch.nn.Linear(2, 1)
-    search, ran = Search(space, score=lambda p: float(p.mean())), {}
+    search, ran = Search(space, score=lambda p: float(p.mean()), se=lambda p: se), {}
     for lr, scores in curves.items():
         for epoch in range(1, space.max_epochs + 1):
             with torch.no_grad():
@@ -121,9 +125,62 @@ def test_patience_stops_a_run_at_the_right_epoch_and_the_best_epoch_weights_are_
     assert torch.all(search.state["weight"] == 1e-4 * 10 + 2)
     result = search.result(seed=7)
     assert result == {"seed": 7, "choice": {"lr": 1e-4, "epoch": 2, "validation": 0.7},
-                      "runs": [{"lr": 1e-4, "curve": [0.2, 0.7, 0.6, 0.65, 0.69], "best_epoch": 2,
+                      "best": {"lr": 1e-4, "epoch": 2, "validation": 0.7, "se": 0.0}, "threshold": 0.7,
+                      "selection": "best", "runs": [{"lr": 1e-4, "curve": [0.2, 0.7, 0.6, 0.65, 0.69], "best_epoch": 2,
                                 "stopped": "patience"}],
                       "curve": [0.2, 0.7, 0.6, 0.65, 0.69], "stopped": "patience"}
+
+
+def test_min_epochs_keeps_a_slow_start_running_until_patience_may_count():
+    slow = {1e-4: [0.3, 0.3, 0.3, 0.3, 0.5, 0.7, 0.72, 0.71, 0.7, 0.7]}  # flat, then rising
+    search, ran = _scripted(SearchSpace(lr=(1e-4,), max_epochs=10, patience=3), slow)
+    assert ran == {1e-4: 4} and search.choice["validation"] == 0.3  # today: stops at 1 + patience
+    search, ran = _scripted(SearchSpace(lr=(1e-4,), max_epochs=10, patience=3, min_epochs=6), slow)
+    assert ran == {1e-4: 10} and search.choice == {"lr": 1e-4, "epoch": 7, "validation": 0.72}
+    assert torch.all(search.state["weight"] == 1e-4 * 10 + 7)
+    # patience still counts from the run's best epoch once min_epochs have run
+    search, ran = _scripted(SearchSpace(lr=(1e-4,), max_epochs=10, patience=2, min_epochs=3),
+                            {1e-4: [0.9, 0.5, 0.5, 0.5, 0.5]})
+    assert ran == {1e-4: 3}
+
+
+JAGGED = {1e-4: [0.66, 0.68, 0.67, 0.67, 0.67, 0.66], 3e-4: [0.60, 0.46, 0.69, 0.67, 0.62, 0.59]}  # the issue's curves
+
+
+def test_one_se_takes_the_most_conservative_checkpoint_within_one_se_of_the_best():
+    space = SearchSpace(lr=(1e-4, 3e-4), max_epochs=6, patience=3)
+    best, _ = _scripted(space, JAGGED)
+    assert best.choice == {"lr": 3e-4, "epoch": 3, "validation": 0.69}  # the peak of the jagged curve
+    one_se, _ = _scripted(dataclasses.replace(space, selection="one-se"), JAGGED, se=0.03)
+    # threshold 0.69 - 0.03 = 0.66: the first checkpoint of the lower rate already reaches it
+    assert one_se.choice == {"lr": 1e-4, "epoch": 1, "validation": 0.66}
+    assert torch.all(one_se.state["weight"] == 1e-4 * 10 + 1)
+    small, _ = _scripted(dataclasses.replace(space, selection="one-se"), JAGGED, se=0.015)  # threshold 0.675
+    assert small.choice == {"lr": 1e-4, "epoch": 2, "validation": 0.68}
+    assert torch.all(small.state["weight"] == 1e-4 * 10 + 2)
+    result = small.result(seed=0)
+    assert result["best"] == {"lr": 3e-4, "epoch": 3, "validation": 0.69, "se": 0.015}
+    assert result["threshold"] == pytest.approx(0.675) and result["curve"] == JAGGED[1e-4][:5]  # patience stops it at 5
+    assert len(small.candidates) == 2  # 0.68 and 0.69 held, the checkpoints below the threshold dropped
+
+
+def test_one_se_with_zero_se_is_the_best_rule():
+    space = SearchSpace(lr=(1e-4, 3e-4), max_epochs=6, patience=3)
+    best, _ = _scripted(space, JAGGED)
+    zero, _ = _scripted(dataclasses.replace(space, selection="one-se"), JAGGED, se=0.0)
+    assert zero.choice == best.choice and len(zero.candidates) == 1
+
+
+def test_validation_se_is_the_bootstrap_se_of_the_metric_and_fixed():
+    from harness.definitions.metrics import FUNCTIONS
+    from harness.running.tuning import validation_se
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    pred = np.where(rng.random(400) < 0.8, y, 1 - y)
+    se = validation_se(FUNCTIONS["accuracy"], y)
+    assert se(pred) == se(pred)  # the same resamples every call
+    assert se(pred) == pytest.approx(np.sqrt(0.8 * 0.2 / 400), rel=0.2)  # binomial SE of an accuracy of 0.8
 
 
 def test_ties_keep_the_first_and_do_not_count_as_improvement():

@@ -89,6 +89,7 @@ class DatasetConfig:
     revision: str | None = None
     max_train: int | None = None  # subsample (fixed seed) to keep cells small; sizes go into the record
     max_test: int | None = None
+    max_validation: int | None = None  # validation rows for model selection (default: max_test); data.validation_split
     # split -> file relative to the data root (local formats) or hub split name (hf), overriding
     # `path/<split>.<ext>`; e.g. {"train": "stsb/dev.jsonl"} trains on a data set's dev file
     splits: dict = field(default_factory=dict)

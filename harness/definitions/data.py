@@ -319,21 +319,24 @@ def own_validation_file(dataset: DatasetConfig, root: Path) -> str | None:
 def validation_split(dataset: DatasetConfig, root: Path, train: Split, labels: list | None, fraction: float,
                      cache_dir: Path | None = None) -> tuple[Split, Split, str]:
     """(train, validation, source) for model selection; the validation split never overlaps training or test:
-    - `own`: the data set's own validation split (own_validation_file), up to max_test examples; train as is;
+    - `own`: the data set's own validation split (own_validation_file), up to `limit` examples; train as is;
     - `unused training rows`: rows of the training source that the fixed-seed max_train subsample left out
-      (up to max_test of them, at least `fraction` x train); train as is;
+      (up to `limit` of them, at least `fraction` x train); train as is;
     - `carved`: else a fixed-seed `fraction` of the training rows, which training then goes without.
-    Validation rows with a label training never sees are left out (no model could predict them)."""
+    `limit` is the data set's `max_validation`, else its `max_test` (so a profile can test on every row and keep
+    its validation split as it was). Validation rows with a label training never sees are left out (no model
+    could predict them)."""
     want = max(1, round(fraction * len(train)))
+    limit = dataset.max_validation if dataset.max_validation is not None else dataset.max_test
     own = own_validation_file(dataset, root)
     if own:
-        split = load_split(dataset, root, "validation", file=own, cache_dir=cache_dir, limit=dataset.max_test)
+        split = load_split(dataset, root, "validation", file=own, cache_dir=cache_dir, limit=limit)
         return train, _known(split, labels), "own"
     if dataset.max_train:
         full = load_split(dataset, root, "train", cache_dir=cache_dir)
         # the same permutation load_split subsamples with: its first max_train rows are `train`
         rest = np.random.default_rng(0).permutation(len(full))[dataset.max_train:]
-        rest = rest[:max(want, dataset.max_test or 0)]
+        rest = rest[:max(want, limit or 0)]
         if len(rest) >= want:
             return train, _known(_take(full, rest), labels), "unused training rows"
     order = np.random.default_rng(0).permutation(len(train))

@@ -17,7 +17,7 @@
     bert = "bert-base-multilingual-cased"
 
 Optional dataset keys: `revision` (hub), `splits` (a table mapping train/validation/test to a file or hub split),
-`max_train` / `max_test` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
+`max_train` / `max_test` / `max_validation` (fixed-seed subsample), `train_fraction` (carve train and test from the train source),
 `main_metric` (the verdict's metric, e.g. "macro_f1" for imbalanced labels),
 `layout` (hub: `configs` or `folders` for a refs/convert/parquet export), `sizes` ({train, test}: row counts
 of the source, for --plan), `similarity_head` (a similarity target's head: `cross` | `bi`, over its model row's).
@@ -72,7 +72,7 @@ from harness.definitions.tasks import TASK_TYPES, task_type
 ROLES = ("target", "intermediate")
 FORMATS = ("jsonl", "csv", "tsv", "hf")
 LAYOUTS = ("configs", "folders")
-_OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits", "max_train", "max_test",
+_OPTIONAL = {"role", "language", "format", "revision", "cross_lingual", "splits", "max_train", "max_test", "max_validation",
              "train_fraction", "layout", "sizes", "main_metric", "similarity_head"}
 _REQUIRED = ("name", "task", "domain", "path")
 _COLUMN_KEYS = sorted({c for t in TASK_TYPES.values() for c in t.columns})
@@ -271,7 +271,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     for key in sorted(set(entry) - set(_REQUIRED) - _OPTIONAL - set(columns)):
         fail(key, f"does not apply to {task} (its columns: {', '.join(columns)})" if key in _COLUMN_KEYS else
              f"unknown key (valid: {', '.join(sorted({*_REQUIRED, *_OPTIONAL, *columns}))})")
-    for key in ("max_train", "max_test"):
+    for key in ("max_train", "max_test", "max_validation"):
         if key in entry and (not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] < 1):
             fail(key, f"must be a positive integer, got {entry[key]!r}")
     fraction = entry.get("train_fraction")
@@ -302,7 +302,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
     if entry.get("language", "en") in tables["cross_lingual"]:
         fail(f"cross_lingual.{entry.get('language', 'en')}", "is the data set's own language (its test split)")
     if role == "intermediate":
-        for key in ("cross_lingual", "max_test"):
+        for key in ("cross_lingual", "max_test", "max_validation"):
             if key in entry:
                 fail(key, "an intermediate data set is only trained on, never tested")
 
@@ -317,6 +317,7 @@ def parse_dataset(entry: dict, spec_file: Path, number: int, root: Path) -> Data
         cross_lingual={lang: place(ref) for lang, ref in tables["cross_lingual"].items()},
         splits={split: place(ref) if fmt != "hf" else ref for split, ref in tables["splits"].items()},
         max_train=entry.get("max_train"), max_test=entry.get("max_test"),
+        max_validation=entry.get("max_validation"),
         train_fraction=float(fraction) if fraction is not None else None, layout=entry.get("layout", "configs"),
         sizes=dict(sizes), main_metric=entry.get("main_metric"), source=str(spec_file),
         similarity_head=entry.get("similarity_head"), **names)

@@ -19,6 +19,8 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from harness.definitions.config import ModelConfig, TrainConfig
 from harness.definitions.data import Encoded
 from harness.definitions.grid import ARMS, Cell
@@ -120,14 +122,16 @@ def sequential(setup: Setup, arm: str, seed: int) -> ArmRun:
 
 def tuned(setup: Setup, arm: str, seed: int, space: SearchSpace) -> ArmRun:
     """The arm's model selected on the validation split: a run per learning rate of `space`, scored on validation
-    after each epoch and stopped early (each run's schedule is planned for `max_epochs`); the best epoch's weights,
+    after each epoch and stopped early (each run's schedule is planned for `max_epochs`); the selected epoch's weights,
     the search result (harness.running.tuning.Search.result) and the runs' summed training info."""
     body, inter = start(setup, arm, seed)
     probed, stream = [], arm_seed(setup.ctx, arm, seed)
     fresh = fresh_factory(setup, stream, body, probed)
     ctx, hp, val_enc = setup.ctx, setup.hp, setup.val_enc
     pad, left = setup.pad
-    search = tuning.Search(space, lambda predictions: FUNCTIONS[setup.metric](val_enc.targets, predictions))
+    metric = FUNCTIONS[setup.metric]
+    search = tuning.Search(space, lambda predictions: metric(val_enc.targets, predictions),
+                           tuning.validation_se(metric, np.asarray(val_enc.targets)))
     total = {"seconds": 0.0, "callback_seconds": 0.0, "examples": 0}
     for lr in space.lr:
         model = fresh()
