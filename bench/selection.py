@@ -67,7 +67,7 @@ def setup_for(ctx: RunContext, cell: Cell, dataset: DatasetConfig):
     tok = tokenizer_for(ctx, cell.model)
     pooling, head = cell_heads(p, cell)
     bi, hp = head == "bi", p.target_train
-    enc = lambda split: encode(ctx, tok, cell.model, split, hp.max_length, target.labels, bi)  # noqa: E731
+    enc = lambda split: encode(ctx, tok, cell.model, split, hp.max_length, target.labels, bi)
     setup = arms.Setup(ctx, cell, p.models[cell.model], tok, task_type(cell.task).num_labels(target.labels), hp,
                        pooling, head, cell_head_init(p, cell), enc(target.train), enc(target.validation), metric)
     return setup, enc(target.tests[dataset.language]), len(target.train), len(target.validation)

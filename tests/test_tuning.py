@@ -24,8 +24,8 @@ from harness.running.tuning import RISING, Search, convergence
 # ---------------------------------------------------------------- search space
 
 @pytest.mark.parametrize("table, key, problem", [
-    ({"lr": [1e-4], "warmup": 2}, "warmup", "unknown key (valid: lr, max_epochs, patience, min_epochs, selection, "
-                                                 "validation_fraction)"),
+    ({"lr": [1e-4], "warmup": 2}, "warmup", ("unknown key (valid: lr, max_epochs, patience, min_epochs, selection, "
+                                                  "validation_fraction)")),
     ({"min_epochs": 0}, "min_epochs", "integer of at least 1, got 0"),
     ({"min_epochs": 13, "max_epochs": 12}, "min_epochs", "must not exceed max_epochs (12), got 13"),
     ({"selection": "median"}, "selection", "must be one of best, one-se, got 'median'"),
