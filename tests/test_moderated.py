@@ -229,7 +229,8 @@ def test_priors_of_a_baseline_file_and_identical_records_pass():
     records = seeded_records()
     cells = {r["cell"]: {"cpu-fp32": {**baselines.entry({**r, "env": {"device": "cpu"}})}} for r in records}
     priors = baselines.priors_of(cells)
-    assert set(priors) == {"classification (accuracy)", "sentiment (accuracy)", "similarity (spearman)"}
+    tasks = {"classification (accuracy)", "sentiment (accuracy)", "similarity (spearman)"}
+    assert set(priors) == tasks | {f"{m}-{t}" for m in ("bert", "roberta", "xlnet") for t in tasks}
     assert baselines.gain_prior(priors, "bert-sentiment-legal", "accuracy")[1] == pytest.approx(
         priors["sentiment (accuracy)"]["s0"] ** 2)
     assert all(baselines.check(r, cells, "b.json", priors=priors).status == "ok" for r in records)

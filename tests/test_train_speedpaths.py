@@ -105,13 +105,11 @@ def test_throughput_block_and_peak_memory():
 
 def test_a_cell_records_throughput(tiny_profile, tiny_tokenizers, tmp_path):
     from harness.running.cell import _throughput
-    from harness.running.context import RunContext
 
     tok = tiny_tokenizers["roberta"]
     model = build_model(tiny_profile.models["roberta"], tok, 2, 16, 0)
     data = _toy(tok)
-    ctx = RunContext(tiny_profile, tmp_path, tmp_path, seeds=[0, 1])
-    block = _throughput(ctx, model, 3, data, {"en": data, "de": data}, {"train_s": 4.0, "eval_s": 1.0})
+    block = _throughput(model, 4, 3, data, {"en": data, "de": data}, {"train_s": 4.0, "eval_s": 1.0}, "cpu")
     assert block["train_flops"] == pytest.approx(4 * flops.train_flops(model, lengths_of(data), 3))
     assert block["eval_flops"] == pytest.approx(4 * 2 * flops.forward_flops(model, lengths_of(data)))
     assert 0 < block["train_mfu"] and block["peak_memory_kind"] == "max_rss" and block["peak_memory_bytes"] > 0

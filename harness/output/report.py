@@ -182,8 +182,8 @@ def significance_note(summary: dict) -> str:
             "interval: bootstrap plus t on seeds - 1 degrees of freedom)" + (f"; {lines}" if lines else "")
             + f". p: two-sided, from the interval's own distribution. q: the gain's Benjamini-Hochberg q-value "
             f"across the run's gains (a verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable "
-            "change, the smallest change of the gain that the baseline check catches with 80% power against a "
-            "baseline as noisy as this run (no margin); a pass rules out changes of that size, not smaller ones. "
+            "change, the smallest true gain that the verdict's own test (its rule, at 95%) calls positive or "
+            "negative with 80% power at this many seeds; smaller true gains are mostly left undecided. "
             "seeds: the seeds with which a true gain of the observed size (and of --baseline-margin) is decided "
             "with 80% power ('>50': the test set's own sampling error is too large; '-': no seed spread).")
 

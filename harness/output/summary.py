@@ -12,9 +12,9 @@ Every output is rendered from one JSON-ready summary (`summarise`), so the forma
   behind each arm's evaluated model (the intermediate arm's include the intermediate task's).
 - significance, as harness.results.significance computes it: per cell and language the gain under its rule
   (harness.results.analysis.moderate: the moderated seed variance, or the cell's own interval), its p-value and
-  Benjamini-Hochberg q-value across every gain of the run, its minimum detectable change (what the baseline check
-  catches with 80% power), the seeds that would decide it, and how many verdicts survive a 5% false discovery
-  rate: the same flags that put FDR_MARK on the verdicts of every table;
+  Benjamini-Hochberg q-value across every gain of the run, its minimum detectable change under that rule (the
+  smallest true gain its verdict calls with 80% power), the seeds that would decide it, and how many verdicts
+  survive a 5% false discovery rate: the same flags that put FDR_MARK on the verdicts of every table;
 - weakened / strengthened: verdicts that claim less / more than against the baseline
   without a significant change (passed on by the pytest plugin; reported, not failed).
 An entry whose arm was flagged by the convergence check (record `under_trained`) carries UNDER_TRAINED_MARK; one

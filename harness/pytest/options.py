@@ -33,8 +33,9 @@ def _names(kind, valid, more=""):
 OPTIONS = (
     Option("--profile", "profile naming models, data and hyper-parameters (tiny, offline (alias minilm), paper)",
            "tiny", ini=True),
-    Option("--seeds", "seeds per arm: a count N (seeds 0..N-1) or a comma list (3,4,5); default: the profile's",
-           ini=True, metavar="N|LIST"),
+    Option("--seeds", "seeds per arm: a count N (seeds 0..N-1), a comma list (3,4,5), or auto:MAX (the profile's "
+           "seeds, then more in rounds up to MAX while a cell's target-language gain is undecided; O'Brien-Fleming "
+           "alpha spending; docs/statistics.md); default: the profile's", ini=True, metavar="N|LIST|auto:MAX"),
     Option("--data-dir", "root folder of the profile's data sets (tiny: generated corpora)", ini=True),
     Option("--spec", "TOML file of extra data sets / cells (see docs/data.md)", ini=True),
     Option("--results-dir", "where cell records (cells/) and the run summary go", "results", ini=True),
@@ -106,6 +107,24 @@ def setting(config, name: str):
     """An option's value: the command line's, else the ini file's, else its default (None when unset)."""
     value = config.getoption(name)
     return value if value not in (None, "") else (config.getini(name) or None)
+
+
+AUTO = "auto:"
+
+
+def parse_auto(text: str) -> int | None:
+    """`--seeds auto:MAX` -> MAX (an integer of at least 2); None for the other forms. ValueError when malformed."""
+    text = str(text).strip()
+    if not text.startswith(AUTO):
+        return None
+    try:
+        most = int(text[len(AUTO):])
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected auto:MAX, MAX the most seeds a cell may get (e.g. auto:10)") \
+            from None
+    if most < 2:
+        raise ValueError(f"--seeds {text!r}: MAX must be at least 2 (e.g. auto:10)")
+    return most
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.definitions.grid import TASKS, Cell, check_names
-from harness.pytest.options import OPTIONS, parse_seeds, setting
+from harness.pytest.options import OPTIONS, parse_auto, parse_seeds, setting
 
 log = logging.getLogger("harness")
 RECORD_KEY = "transfer_record"  # user property: the path of the record a cell wrote
@@ -53,6 +53,7 @@ class Session:
             self.paths["results_dir"] = str(Path(self.paths["results_dir"]) / "calibration")
         self.filters: dict[str, list[str]] = {}
         self.seeds: list[int] | None = None
+        self.auto: int | None = None  # --seeds auto:MAX
         self.shard: tuple[int, int] | None = None
         from harness.results.baselines import baseline_path
         self.baseline_file = baseline_path(self.paths["baselines"], self.profile_name)
@@ -101,7 +102,9 @@ class Session:
         raw_seeds = config.getoption("seeds")
         if raw_seeds is None:
             raw_seeds = config.getini("seeds") or None
-        if raw_seeds is not None:
+        if raw_seeds is not None and parse_auto(raw_seeds) is not None:
+            self.auto = parse_auto(raw_seeds)  # the profile's seeds first (checked against MAX in check_profile)
+        elif raw_seeds is not None:
             self.seeds = parse_seeds(raw_seeds)
         if config.getoption("shard"):
             from harness.pytest.selection import parse_shard
@@ -129,7 +132,8 @@ class Session:
         """Load the profile now when a --spec file, a profile other than the default one or --models (checked
         against the profile's rows) may be unusable (the default `tiny` without them cannot be, and loading it
         generates its corpora)."""
-        if self.paths["spec"] or self.profile_name != "tiny" or self.paths["data_dir"] or "models" in self.filters:
+        if self.paths["spec"] or self.profile_name != "tiny" or self.paths["data_dir"] or "models" in self.filters \
+                or self.auto is not None:
             self.profile  # noqa: B018 (loading is the check)
 
     def baselines(self) -> dict:
@@ -159,6 +163,9 @@ class Session:
                     check_names("domain", self.filters["domains"], self._profile.domains)
                 if "models" in self.filters:
                     check_names("model", self.filters["models"], self._profile.models)
+                if self.auto is not None and self.auto < self._profile.seeds:
+                    raise ValueError(f"--seeds auto:{self.auto}: MAX is below the profile's {self._profile.seeds} "
+                                     f"seeds, which every cell starts with")
             except ValueError as err:
                 raise pytest.UsageError(str(err)) from None
         return self._profile
@@ -197,7 +204,7 @@ class Session:
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=default_device(), rerun=self.config.getoption("rerun"),
                                    compile=self.config.getoption("compile"), calibration=self.calibration,
-                                   margin=self.equivalence,
+                                   margin=self.equivalence, auto_seeds=self.auto,
                                    train_together=p.train_together
                                    if self.config.getoption("train_together") is None
                                    else self.config.getoption("train_together"),

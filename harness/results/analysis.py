@@ -133,7 +133,7 @@ def _intervals(shifted: CellRecord, general_saved: dict, shifted_saved: dict) ->
     return out
 
 
-MODERATED, SEED_T = "moderated", "seed-t"  # the rules an interval comes from (docs/statistics.md)
+MODERATED, SEED_T = moderation.MODERATED, moderation.SEED_T  # the rules an interval comes from (docs/statistics.md)
 
 
 def _usable(gain: dict) -> bool:
@@ -161,15 +161,9 @@ def moderate(records: list[CellRecord]) -> dict:
         prior, out, lacking = priors.get(group(r)), {}, []
         for lang in r["languages"]:
             g = r["gain"][lang]
-            if prior is None or not _usable(g) or len(g["per_seed"]) < 2:
-                out[lang] = {**g, "rule": SEED_T}
-                if not _usable(g):
-                    lacking.append(lang)
-                continue
-            new = moderation.moderated_gain(g, moderation.prior_d0(prior), prior["s0"] ** 2)
-            if g["verdict"] == UNINFORMATIVE:
-                new["verdict"] = UNINFORMATIVE
-            out[lang] = {**g, **new, "rule": MODERATED}
+            out[lang] = moderation.read_gain(g, prior)  # the rule the baseline check reads verdicts with too
+            if not _usable(g):
+                lacking.append(lang)
         if lacking:
             notes.append(f"{r['cell']}: no per-seed gains or se_boot in {', '.join(lacking)}: today's rule "
                          f"({SEED_T}) for {'that gain' if len(lacking) == 1 else 'those gains'}")

@@ -15,9 +15,12 @@ comparisons. A comparison fails when
 - that interval of the change excludes zero and the change is larger than `margin`, or
 - the gain's verdict reverses (positive <-> negative, both intervals excluding zero), or
 - the language is missing.
-A verdict that moves without such a change is `weakened` when it claims less than before (positive or negative ->
-equivalent or inconclusive, equivalent -> inconclusive) or `strengthened` when it claims more: reported, not
-failed. A baseline file that still says `neutral` reads it as `inconclusive`. A significant
+The verdicts are read as the summary's tables read them (harness.results.moderation.read_gain: moderated with the
+prior of the gain's model, task and metric, or the record's own seed-t verdict where that group has no prior), with
+the priors fitted on the baseline file (`priors_of`), so a cell is judged the same alone, under -k, in shards and in
+any order. A verdict that moves without such a change is `weakened` when it claims less than before (positive or
+negative -> equivalent or inconclusive, equivalent -> inconclusive) or `strengthened` when it claims more: reported,
+not failed. A baseline file that still says `neutral` reads it as `inconclusive`. A significant
 rise fails too: the code changed what it measures; record it with --update-baselines. Other seeds, another
 machine or another precision are "same code, new randomness", which this rule expects to pass.
 """
@@ -33,7 +36,7 @@ from tabulate import tabulate
 from harness.definitions.grid import ARMS, parse_cell_id
 from harness.fileio import atomic_write_text
 from harness.results.change import cell_level, change
-from harness.results.moderation import fit_priors, informative, prior_d0, task_group
+from harness.results.moderation import fit_priors, group_of, informative, prior_d0, read_gain, task_group
 from harness.results.record import OLD_VERDICTS, UNINFORMATIVE, read_json
 
 FORMAT = 2
@@ -180,10 +183,13 @@ def _outcome(change: dict, margin: float) -> str:
 
 
 def priors_of(cells: dict) -> dict[str, dict]:
-    """Seed-variance priors of the gains (harness.results.moderation.fit_priors, per task and main metric) fitted
-    across every entry of `cells` ({cell id: {entry key: entry}}, a baseline file's cells): the prior with which
-    the check moderates both runs' seed variances of a gain. Fixed by the baseline file, so a cell is judged
-    the same alone, under -k, in shards and in any order."""
+    """Seed-variance priors of the gains (harness.results.moderation.fit_priors) fitted across every entry of
+    `cells` ({cell id: {entry key: entry}}, a baseline file's cells), two kinds in one dict: per task and main
+    metric (keys of moderation.task_group, e.g. `sentiment (accuracy)`): the prior with which the check's change
+    test moderates both runs' seed variances of a gain (`gain_prior`); and per model, task and main metric (keys of
+    moderation.group_of, `bert-sentiment (accuracy)`, the summary's groups): the prior with which both runs' verdicts
+    are read (`verdict_prior`). Fixed by the baseline file, so a cell is judged the same alone, under -k, in
+    shards and in any order."""
     triples = []
     for cell, entries in cells.items():
         try:
@@ -191,8 +197,10 @@ def priors_of(cells: dict) -> dict[str, dict]:
         except ValueError:
             continue
         for e in entries.values():
-            triples += [(task_group(parsed.task, e["main_metric"]), cell, g["per_seed"])
-                        for g in e["gain"].values() if informative(g)]
+            for g in e["gain"].values():
+                if informative(g):
+                    triples += [(task_group(parsed.task, e["main_metric"]), cell, g["per_seed"]),
+                                (group_of(parsed.model, parsed.task, e["main_metric"]), cell, g["per_seed"])]
     return fit_priors(triples)
 
 
@@ -206,10 +214,24 @@ def gain_prior(priors: dict, cell: str, main_metric: str) -> tuple[float, float]
     return None if prior is None else (prior_d0(prior), prior["s0"] ** 2)
 
 
-def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, float] | None = None) -> list[dict]:
+def verdict_prior(priors: dict, cell: str, main_metric: str) -> dict | None:
+    """The prior (a fit_priors value) with which a cell's verdicts are read, from `priors_of`: that of its model,
+    task and metric (moderation.group_of, as in the summary), or None (the record's own seed-t verdicts)."""
+    try:
+        parsed = parse_cell_id(cell)
+    except ValueError:
+        return None
+    return priors.get(group_of(parsed.model, parsed.task, main_metric))
+
+
+def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, float] | None = None,
+          verdicts: dict | None = None) -> list[dict]:
     """One row per language of `old` and per quantity (the gain, each arm's main metric): `what`, the two
     values, the `change` (harness.results.change.change at `cell_level`; the gain's with the seed-variance
-    `prior` when given, see priors_of) and the `outcome`: ok, fail, weakened or strengthened."""
+    `prior` when given, see priors_of) and the `outcome`: ok, fail, weakened or strengthened. Reversed, weakened
+    and strengthened compare the two gains' verdicts under the tables' rule (moderation.read_gain with the prior
+    `verdicts`, see verdict_prior; None: the records' own seed-t verdicts); a gain row's `old` and `new` are those
+    read gains, each with its `rule`."""
     rows, main = [], old["main_metric"]
     level = cell_level(len(old["languages"]))
     for lang in old["languages"]:
@@ -217,7 +239,7 @@ def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, floa
             rows.append({"language": lang, "what": "language", "old": "present", "new": "missing", "change": None,
                          "outcome": "fail", "why": "missing"})
             continue
-        og, ng = old["gain"][lang], new["gain"][lang]
+        og, ng = read_gain(old["gain"][lang], verdicts), read_gain(new["gain"][lang], verdicts)
         c = change(og, ng, level, prior)
         outcome, why = _outcome(c, margin), "significant change"
         if _reversed(og["verdict"], ng["verdict"]):
@@ -236,7 +258,8 @@ def judge(old: dict, new: dict, margin: float = MARGIN, prior: tuple[float, floa
 
 def value_text(value) -> str:
     if isinstance(value, dict):
-        return f"{value['verdict']} {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]"
+        rule = f" ({value['rule']})" if value.get("rule") else ""
+        return f"{value['verdict']} {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]{rule}"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -265,13 +288,14 @@ class Check:
 
 def check(record: dict, cells: dict, path: Path, margin: float = MARGIN, priors: dict | None = None) -> Check:
     """The check of a cell record against the baseline entries `cells` read from `path`; `priors`: priors_of
-    `cells` (computed here when not given)."""
+    `cells` (computed here when not given): the change test's prior and the verdicts' (judge)."""
     cell = record["cell"]
     if cell not in cells:
         return Check("new", f"{cell}: no baseline in {path}; record one with --update-baselines")
     base, note = pick(cells[cell], record)
-    prior = gain_prior(priors_of(cells) if priors is None else priors, cell, base["main_metric"])
-    rows = [{**r, "cell": cell} for r in judge(base, record, margin, prior)]
+    priors = priors_of(cells) if priors is None else priors
+    rows = [{**r, "cell": cell} for r in judge(base, record, margin, gain_prior(priors, cell, base["main_metric"]),
+                                               verdict_prior(priors, cell, base["main_metric"]))]
     failed = [r for r in rows if r["outcome"] == "fail"]
     moved = [r for r in rows if r["outcome"] in ("weakened", "strengthened")]
     moved = [[cell, r["language"], r["outcome"], value_text(r["old"]), value_text(r["new"]), change_text(r["change"])]

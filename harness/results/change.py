@@ -2,7 +2,9 @@
 estimates, each a seed mean with its per-seed values and the bootstrap standard error of its test-set
 sampling; `detectable` is the smallest change that test catches with 80% power, and `seeds_needed` the fewest
 seeds with which a gain of a given size is called with that power. A cell's comparisons share one Bonferroni
-level (`cell_level`), and `cell_detectable` is a gain's minimum detectable change at that level.
+level (`cell_level`), and `cell_detectable` is a gain's minimum detectable change at that level (the record's
+`mdc`). `gain_detectable` is another quantity: the smallest true gain a verdict's own test calls with 80% power
+(the summary's MDC column, harness.results.significance).
 """
 from __future__ import annotations
 
@@ -81,6 +83,17 @@ def cell_detectable(gain: dict, languages: int) -> float:
 MAX_SEEDS = 50
 
 
+def _detectable_at(k: np.ndarray, se_boot: float, seed_var: float, df_prior: float, level: float,
+                   power: float) -> np.ndarray:
+    """(t_{(1+level)/2} + t_power) * se at k seeds, se^2 = se_boot^2 + seed_var / k on Satterthwaite's degrees of
+    freedom (seed term: df_prior + k - 1; the test-set term is taken as known)."""
+    seed, df_seed = seed_var / k, df_prior + k - 1.0
+    total = se_boot**2 + seed
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(seed > 0, total**2 / (seed**2 / df_seed), np.inf)  # Welch-Satterthwaite, as _se_df
+    return (sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * np.sqrt(total)
+
+
 def seeds_needed(effect: float, se_boot: float, seed_var: float, df_prior: float, level: float = LEVEL,
                  power: float = POWER, most: int = MAX_SEEDS) -> int | None:
     """The fewest seeds (2..most) with which a true gain of size `effect` is called positive or negative with probability
@@ -88,10 +101,15 @@ def seeds_needed(effect: float, se_boot: float, seed_var: float, df_prior: float
     degrees of freedom (seed term: df_prior + k - 1; the test-set term does not shrink with seeds). None when
     even `most` seeds do not reach it (the test set's own sampling error is too large for that effect)."""
     k = np.arange(2, most + 1)
-    seed, df_seed = seed_var / k, df_prior + k - 1.0
-    total = se_boot**2 + seed
-    se = np.sqrt(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(seed > 0, total**2 / (seed**2 / df_seed), np.inf)  # Welch-Satterthwaite, as _se_df
-    reach = (se == 0) | ((sps.t.ppf(0.5 + level / 2, df) + sps.t.ppf(power, df)) * se <= abs(effect))
+    reach = _detectable_at(k.astype(float), se_boot, seed_var, df_prior, level, power) <= abs(effect)
     return int(k[np.argmax(reach)]) if reach.any() else None
+
+
+def gain_detectable(se_boot: float, seed_var: float, df_prior: float, seeds: int, level: float = LEVEL,
+                    power: float = POWER) -> float:
+    """Minimum detectable gain: the smallest true gain that a verdict's test at `level` calls positive (or
+    negative) with probability `power` at `seeds` seeds, (t_{(1+level)/2} + t_power) * se with se and degrees of
+    freedom as in seeds_needed (so seeds_needed(gain_detectable(..., k), ...) is k). Pass the rule's terms: the
+    moderated seed variance, df_prior d0 and the shared test-set SE (harness.results.moderation.shared_se), or the
+    sample seed variance, 0 and se_boot (seed-t); seed_var 0 with one seed (test-set sampling only)."""
+    return float(_detectable_at(np.array([float(seeds)]), se_boot, seed_var, df_prior, level, power)[0])

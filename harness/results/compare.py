@@ -71,7 +71,8 @@ def compare(old: dict, new: dict, margin: float = baselines.MARGIN) -> tuple[lis
         (o, note_o), (n, note_n) = _resolve(old[cell], new[cell]), _resolve(new[cell], old[cell])
         notes += [f"{cell}: {x}" for x in (note_o, note_n) if x]
         prior = baselines.gain_prior(priors, cell, o["main_metric"])
-        rows += [{**r, "cell": cell} for r in baselines.judge(o, n, margin, prior)]
+        rows += [{**r, "cell": cell} for r in baselines.judge(o, n, margin, prior,
+                                                              baselines.verdict_prior(priors, cell, o["main_metric"]))]
         rows += [{"cell": cell, "language": lang, "what": "language", "old": "missing", "new": "present",
                   "change": None, "outcome": "only new", "why": ""} for lang in n["languages"]
                  if lang not in o["languages"]]

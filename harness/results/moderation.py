@@ -2,6 +2,8 @@
 (`fit_prior`, per model, task and main metric `fit_priors`), each gain's seed variance shrunk towards it
 (`moderated_variance`), and a gain re-read with it (`moderated_gain`): its interval and p-value from the
 exact distribution of test-set sampling plus a t seed term (`mixture_sf`, `mixture_p`, `mixture_quantile`).
+`read_gain` is the one reading of a gain given its group's prior that the summary's tables and the baseline check
+share (rule `moderated`, or the record's own `seed-t` reading where the group has no prior).
 """
 from __future__ import annotations
 
@@ -217,3 +219,22 @@ def fit_priors(gains) -> dict[str, dict]:
 def prior_d0(prior: dict) -> float:
     """d0 of a fitted prior (stored as None when infinite, as JSON has no inf)."""
     return np.inf if prior["d0"] is None else float(prior["d0"])
+
+
+MODERATED, SEED_T = "moderated", "seed-t"  # the rules a gain's interval and verdict come from (docs/statistics.md)
+
+
+def read_gain(gain: dict, prior: dict | None) -> dict:
+    """A recorded gain under the rule of the summary's tables, given its group's prior (`prior`: a `fit_priors`
+    value for its group_of, or None when the group has none): `moderated` (moderated_gain with that prior; an
+    `uninformative` verdict stays so) when there is a prior and the gain has two or more per-seed gains and a
+    `se_boot`, else `seed-t`, the record's own interval, verdict and bootstrap p-value. Returns the gain's fields
+    with `rule` and, moderated, the rule's interval, verdict, `p_value`, `seed_sd` and `df`. The baseline check
+    (harness.results.baselines.judge) reads both runs' verdicts with it, so check and tables cannot disagree."""
+    usable = isinstance(gain.get("per_seed"), list) and "se_boot" in gain
+    if prior is None or not usable or len(gain["per_seed"]) < 2:
+        return {**gain, "rule": SEED_T}
+    new = moderated_gain(gain, prior_d0(prior), prior["s0"] ** 2, gain.get("level", LEVEL))  # auto seeds: its look's
+    if gain["verdict"] == UNINFORMATIVE:
+        new["verdict"] = UNINFORMATIVE
+    return {**gain, **new, "rule": MODERATED}

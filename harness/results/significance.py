@@ -1,7 +1,8 @@
 """The significance of a run's gains, across its records: each gain's p-value under its rule
 (harness.results.analysis.moderate), its Benjamini-Hochberg q-value across every gain of the run (`q_values`),
-whether its verdict survives a false discovery rate of FDR (`fdr`), its minimum detectable change and the seeds
-that would decide it (harness.results.change.seeds_needed). The summary (harness.output.summary) shows these
+whether its verdict survives a false discovery rate of FDR (`fdr`), its minimum detectable change under the same
+rule (`mdc`, harness.results.change.gain_detectable) and the seeds that would decide it
+(harness.results.change.seeds_needed). The summary (harness.output.summary) shows these
 rows and marks the verdicts that survive FDR in every table. In an A/A run (--calibration) `calibration` counts
 the verdicts, each of which is then a false positive.
 """
@@ -13,30 +14,51 @@ from harness.definitions.grid import parse_cell_id
 from harness.results import analysis
 from harness.results.baselines import MARGIN
 from harness.results.bootstrap import FDR, LEVEL, q_values
-from harness.results.change import MAX_SEEDS, seeds_needed
+from harness.results.change import MAX_SEEDS, gain_detectable, seeds_needed
 from harness.results.moderation import prior_d0, shared_se
 from harness.results.record import GAIN_FIELDS
+
+
+def _terms(g: dict, priors: dict, group: str) -> tuple[float, float, float] | None:
+    """(test-set SE, seed variance, prior degrees of freedom) of a gain's verdict under its rule: moderated, the
+    shared test-set SE (the term more seeds do not shrink), the moderated seed variance and d0; seed-t, se_boot,
+    the per-seed gains' sample variance and 0. None without per-seed gains or test-set error."""
+    if not g.get("per_seed") or g.get("se_boot") is None:
+        return None
+    if g.get("rule") == analysis.MODERATED:
+        return shared_se(g), g["seed_sd"] ** 2, prior_d0(priors[group])
+    k = len(g["per_seed"])
+    var = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (k - 1)) if k > 1 else 0.0
+    return float(g["se_boot"]), var, 0.0
 
 
 def _seeds_needed(g: dict, effect: float, priors: dict, group: str):
     """Seeds with which a gain of size `effect` is decided with 80% power (harness.results.change.seeds_needed):
     an int, `>MAX` when even MAX seeds do not reach it, None without per-seed gains or test-set error."""
-    if len(g.get("per_seed") or []) < 2 or g.get("se_boot") is None:
+    terms = _terms(g, priors, group)
+    if terms is None or len(g["per_seed"]) < 2:
         return None
-    if g.get("rule") == analysis.MODERATED:  # the test-set term that more seeds do not shrink: the shared one
-        var, d0, se = g["seed_sd"] ** 2, prior_d0(priors[group]), shared_se(g)
-    else:
-        var, d0 = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (len(g["per_seed"]) - 1)), 0.0
-        se = g["se_boot"]
-    k = seeds_needed(effect, se, var, d0)
+    k = seeds_needed(effect, *terms)
     return f">{MAX_SEEDS}" if k is None else k
+
+
+def detectable(g: dict, priors: dict, group: str) -> float | None:
+    """The minimum detectable change of a gain under the rule its verdict came from (`rule`): the smallest true
+    gain that its verdict's test calls positive or negative with 80% power at the gain's level (95%), at its
+    seeds, with the same test-set SE, seed variance and degrees of freedom as its seeds needed
+    (harness.results.change.gain_detectable; moderated: the moderated seed sd on d0 + k - 1 and the shared
+    test-set SE). None without per-seed gains or test-set error. Not the record's `mdc` (the smallest change
+    the baseline check catches, at the cell's Bonferroni level, without a prior)."""
+    terms = _terms(g, priors, group)
+    return None if terms is None else gain_detectable(*terms, len(g["per_seed"]))
 
 
 def significance(records: list[dict], moderated: dict | None = None, margin: float | None = None
                  ) -> tuple[list[dict], dict]:
     """Per cell and language: the gain under its rule (harness.results.analysis.moderate), its p-value, the BH
     q-value across all gains of these records that carry a p-value, whether its verdict survives FDR 5% (`fdr`),
-    the minimum detectable change and the seeds that would decide a gain of its size and of `margin` with 80%
+    the minimum detectable change under its rule (`mdc`, `detectable`; also set on the gains of `moderated`, so the
+    tables show the same) and the seeds that would decide a gain of its size and of `margin` with 80%
     power; and the count of verdicts that survive FDR 5% (the same `fdr` flags the tables mark)."""
     moderated = moderated or analysis.moderate(records)
     margin = MARGIN if margin is None else margin
@@ -45,8 +67,9 @@ def significance(records: list[dict], moderated: dict | None = None, margin: flo
         group = analysis.group(r)
         for lang in r["languages"]:
             g = moderated["gains"][r["cell"]][lang]
+            g["mdc"] = detectable(g, moderated["priors"], group)
             rows.append({"cell": r["cell"], "language": lang, **{f: g[f] for f in GAIN_FIELDS},
-                         "p_value": g.get("p_value"), "mdc": g.get("mdc"), "q_value": None, "fdr": False,
+                         "p_value": g.get("p_value"), "mdc": g["mdc"], "q_value": None, "fdr": False,
                          "rule": g["rule"], "seeds_needed": _seeds_needed(g, g["mean"], moderated["priors"], group),
                          "seeds_margin": _seeds_needed(g, margin, moderated["priors"], group)})
     tested = [row for row in rows if row["p_value"] is not None]

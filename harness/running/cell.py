@@ -8,6 +8,7 @@ cached under the cache directory (jiant style: each stage leaves an inspectable 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -30,6 +31,8 @@ from harness.training.loop import lengths_of, predict
 
 log = logging.getLogger(__name__)
 
+AUTO_RULE = "obf-1"  # the rule of --seeds auto (harness.results.sequential): part of the configuration key
+
 
 @dataclass
 class Outcome:
@@ -40,9 +43,13 @@ class Outcome:
     reused: bool = False
 
 
-def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcome:
+def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None, more=None) -> Outcome:
     """Train and evaluate both arms of a cell for every seed. `finished(config_key)` returns a finished record
     of the same configuration to reuse (resume), or None to train.
+
+    `more(seeds, arrays, metric, language, margin) -> list[int]` (--seeds auto:MAX; harness.pipeline), when given,
+    is asked after ctx.seeds and after every later round, with the seeds trained so far and their predictions
+    (`_arrays`), which seeds to train next: none ends the cell. The record then holds every seed trained.
 
     Each arm and seed is trained by one strategy of harness.running.arms: tuned (ctx.tune: selected on the
     validation split, only the selected model evaluated on the test sets), grouped (ctx.train_together, untuned
@@ -64,17 +71,23 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcom
     setup, test_enc = _setup(ctx, cell, target, main[0], space is not None)
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
                "eval_s": 0.0, **({"probe_s": 0.0} if setup.head_init == "probe" else {})}
-    done = _evaluate(setup, space, test_enc, timings)
+    seeds, margin = list(ctx.seeds), equivalence_margin(main[0], p.margins, ctx.margin)
+    done = _evaluate(setup, space, test_enc, timings, seeds)
+    while more is not None and (extra := more(list(seeds), _arrays(test_enc, done.preds), main[0],
+                                              target.dataset.language, margin)):
+        done = _evaluate(setup, space, test_enc, timings, extra, done)
+        seeds += extra
     t = time.perf_counter()
     floor, record_floor = probe.floor(ctx, cell, target, setup.tokenizer, main[0])  # after the arms: streams untouched
     timings["frozen_s"] = time.perf_counter() - t
-    record = _record(ctx, cell, target, test_enc, done.preds, done.inter_meta, main, key)
+    record = _record(ctx, cell, target, test_enc, done.preds, done.inter_meta, main, key, seeds)
     record["metrics"]["frozen"] = {lang: score(cell.task, enc.targets, floor[lang]) for lang, enc in test_enc.items()}
     record["frozen"] = record_floor
-    record["budget"] = _budget(ctx, inter, len(setup.train_enc), done.epochs, done.selected if space else None)
+    record["budget"] = _budget(ctx, inter, len(setup.train_enc), done.epochs, done.selected if space else None,
+                               len(seeds))
     if ctx.calibration:
         record["calibration"] = True
-    record["margin"] = equivalence_margin(main[0], p.margins, ctx.margin)
+    record["margin"] = margin
     if setup.head_init == "probe":
         record["head_init"] = {"mode": "probe", "arms": done.probes}
     if space is not None:
@@ -85,8 +98,9 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None) -> Outcom
                    total_s=time.perf_counter() - t0)
     record["timings"] = timings
     runs_epochs = setup.hp.epochs if space is None else \
-        sum(map(_epochs_run, done.selected.values())) / (2 * len(ctx.seeds))
-    record["throughput"] = _throughput(ctx, done.last_model, runs_epochs, setup.train_enc, test_enc, timings)
+        sum(map(_epochs_run, done.selected.values())) / (2 * len(seeds))
+    record["throughput"] = _throughput(done.last_model, 2 * len(seeds), runs_epochs, setup.train_enc, test_enc,
+                                       timings, ctx.device)
     frozen = {f"frozen/{lang}": x[None] for lang, x in floor.items()}
     return Outcome(record, {**_arrays(test_enc, done.preds), **frozen})
 
@@ -105,12 +119,13 @@ class Evaluated:
     last_model: object = None
 
 
-def _evaluate(setup: arms.Setup, space, test_enc: dict, timings: dict) -> Evaluated:
-    """Train every arm and seed (_train_arms) and predict each one's test sets as soon as it is trained; phase
-    seconds are added to `timings`."""
-    done = Evaluated({arm: {lang: [] for lang in test_enc} for arm in ARMS})
+def _evaluate(setup: arms.Setup, space, test_enc: dict, timings: dict, seeds: list,
+              done: Evaluated | None = None) -> Evaluated:
+    """Train every arm of `seeds` (_train_arms) and predict each one's test sets as soon as it is trained, added to
+    `done` (a new Evaluated when None); phase seconds are added to `timings`."""
+    done = done or Evaluated({arm: {lang: [] for lang in test_enc} for arm in ARMS})
     pad, left = setup.pad
-    for arm, seed, run in _train_arms(setup, space):
+    for arm, seed, run in _train_arms(setup, space, seeds):
         if run.intermediate is not None:
             timings["intermediate_s"] += run.intermediate["seconds"]
             done.inter_meta.append({"seed": seed, **run.intermediate})
@@ -148,16 +163,19 @@ def _setup(ctx: RunContext, cell: Cell, target: Loaded, metric: str, tuned: bool
     return setup, test_enc
 
 
-def _train_arms(setup: arms.Setup, space):
-    """(arm, seed, ArmRun) in the order (seed, arm), by the cell's strategy; a sequential or tuned run is trained
-    when its turn comes, so one such model is held at a time."""
+def _train_arms(setup: arms.Setup, space, seeds: list):
+    """(arm, seed, ArmRun) of `seeds` in the order (seed, arm), by the cell's strategy; a sequential or tuned run is
+    trained when its turn comes, so one such model is held at a time."""
     ctx, cell = setup.ctx, setup.cell
     stackable = _stackable(ctx, cell)
     if ctx.train_together and not stackable:
         log.info("%s: --train-together covers untuned cells with [CLS] pooling and a cross head started at random; "
                  "training its seeds one after another", cell.id)
-    runs = arms.grouped(setup) if ctx.train_together and stackable else None
-    for seed in ctx.seeds:
+    if ctx.train_together and stackable:  # the group of these seeds (and their intermediate models)
+        runs = arms.grouped(dataclasses.replace(setup, ctx=dataclasses.replace(ctx, seeds=list(seeds))))
+    else:
+        runs = None
+    for seed in seeds:
         for arm in ARMS:
             if runs is not None:
                 yield arm, seed, runs.pop((arm, seed))
@@ -172,7 +190,7 @@ def _tuning_record(space: tuning.SearchSpace, metric: str, selected: dict) -> di
             "convergence": {arm: tuning.convergence(results) for arm, results in selected.items()}}
 
 
-def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, selected: dict | None) -> dict:
+def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, selected: dict | None, seeds: int) -> dict:
     """Optimizer steps behind each arm's evaluated model (mean over seeds; `epochs`: the chosen epoch counts): the
     intermediate arm adds the intermediate task's steps to its target steps. `trained_steps`: every target step
     the cell ran (all runs, all seeds; `selected`: the search results, None untuned), the cost of the comparison."""
@@ -181,7 +199,7 @@ def _budget(ctx: RunContext, inter: Loaded, n_train: int, epochs: dict, selected
     intermediate = 0 if ctx.calibration else \
         p.intermediate_train.epochs * math.ceil(len(inter.train) / p.intermediate_train.batch_size)
     target = {arm: float(np.mean(e)) * per_epoch for arm, e in epochs.items()}
-    runs = {arm: (_epochs_run(selected[arm]) if selected else len(ctx.seeds) * hp.epochs) * per_epoch for arm in ARMS}
+    runs = {arm: (_epochs_run(selected[arm]) if selected else seeds * hp.epochs) * per_epoch for arm in ARMS}
     return {"direct": {"target_steps": target["direct"], "total_steps": target["direct"]},
             "intermediate": {"intermediate_steps": intermediate, "target_steps": target["intermediate"],
                              "total_steps": intermediate + target["intermediate"]},
@@ -193,19 +211,17 @@ def _epochs_run(results: list[dict]) -> int:
     return sum(len(run["curve"]) for result in results for run in result["runs"])
 
 
-def _throughput(ctx, model, epochs: int, train_enc, test_enc, timings) -> dict:
-    """FLOP utilisation of the target training (`epochs` per arm and seed, over all trials) and of the test
-    evaluation (every seed and arm), and the cell's peak memory."""
-    runs = 2 * len(ctx.seeds)
+def _throughput(model, runs: int, epochs: int, train_enc, test_enc, timings, device) -> dict:
+    """FLOP utilisation of the target training (`epochs` per arm and seed, over all trials; `runs`: arms x seeds) and
+    of the test evaluation (every seed and arm), and the cell's peak memory."""
     train_flops = runs * flops.train_flops(model, lengths_of(train_enc), epochs)
     eval_flops = runs * sum(flops.forward_flops(model, lengths_of(enc)) for enc in test_enc.values())
-    block = flops.throughput(train_flops, timings["train_s"], eval_flops, timings["eval_s"], ctx.device,
-                             precision(ctx.device))
-    memory = flops.peak_memory(ctx.device)
+    block = flops.throughput(train_flops, timings["train_s"], eval_flops, timings["eval_s"], device, precision(device))
+    memory = flops.peak_memory(device)
     return {**block, "peak_memory_bytes": memory["bytes"], "peak_memory_kind": memory["kind"]}
 
 
-def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tuple, key: str) -> dict:
+def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tuple, key: str, seeds: list) -> dict:
     p = ctx.profile
     task, (main, why) = cell.task, main_why
     metrics, per_seed = {}, {}
@@ -218,7 +234,7 @@ def _record(ctx, cell, target: Loaded, test_enc, preds, inter_meta, main_why: tu
     inter = p.intermediates[task]
     record = {
         "cell": cell.id, "profile": p.name, "model": p.models[cell.model].describe,
-        "task": task, "domain": cell.domain, "seeds": list(ctx.seeds), "main_metric": main,
+        "task": task, "domain": cell.domain, "seeds": list(seeds), "main_metric": main,
         "main_metric_reason": why,
         "language": target.dataset.language, "languages": list(test_enc),
         "metrics": metrics, "metrics_per_seed": per_seed,
@@ -260,7 +276,8 @@ def config_key(ctx: RunContext, cell: Cell, data_digest: str, main: str) -> str:
         ([{"head_init": "probe"}] if cell_head_init(p, cell) == "probe" else []) + \
         ([{"calibration": arms.CALIBRATION_SEEDS}] if ctx.calibration else []) + \
         ([{"margin": margin}] if (margin := equivalence_margin(main, p.margins, ctx.margin)) != EQUIVALENCE_MARGIN
-         else [])
+         else []) + \
+        ([{"auto_seeds": ctx.auto_seeds, "rule": AUTO_RULE}] if ctx.auto_seeds else [])
     return fingerprint(p.name, p.models[cell.model].describe, data_digest, p.intermediates[cell.task],
                        p.target_train, p.intermediate_train, list(ctx.seeds), precision(ctx.device),
                        torch.__version__, transformers.__version__, *extra, *heads_key(p, cell),

@@ -29,6 +29,7 @@ class RunContext:
     # grouped model (--train-together)
     calibration: bool = False  # A/A: the intermediate arm is a second direct arm with its own seeds (--calibration)
     margin: float | None = None  # the equivalence margin of every verdict (--margin; None: the profile's per metric)
+    auto_seeds: int | None = None  # --seeds auto:MAX: `seeds` first, then rounds up to MAX while undecided
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key, make):

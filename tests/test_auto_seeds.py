@@ -1,0 +1,102 @@
+"""--seeds auto:MAX: the option's grammar, the looks a cell takes (harness.pipeline.Looks) and a cell that trains
+more seeds while its target-language gain is undecided, its record keeping every look."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.definitions.grid import Cell
+from harness.pipeline import Looks
+from harness.pytest.options import parse_auto
+from harness.results import sequential
+from harness.running.context import RunContext
+
+
+@pytest.mark.parametrize("text, most", [("auto:10", 10), (" auto:2", 2), ("3", None), ("3,4,5", None)])
+def test_auto_is_read_from_seeds_and_the_other_forms_are_left_to_parse_seeds(text, most):
+    assert parse_auto(text) == most
+
+
+@pytest.mark.parametrize("text, problem", [("auto:", "expected auto:MAX"), ("auto:x", "expected auto:MAX"),
+                                           ("auto:1", "MAX must be at least 2")])
+def test_a_bad_auto_is_a_one_line_error(text, problem):
+    with pytest.raises(ValueError) as info:
+        parse_auto(text)
+    assert problem in str(info.value) and "\n" not in str(info.value)
+
+
+def _arrays(rng, seeds: int, gain: float, n: int = 400, spread: float = 1.0) -> dict:
+    """Similarity predictions of `seeds` seeds: the intermediate arm's errors `gain` smaller than the direct arm's;
+    each seed's errors are a shared draw plus `spread` times a draw of its own."""
+    y = rng.normal(size=n)
+    shared = rng.normal(size=(2, n))
+
+    def arm(scale, which):
+        return np.stack([y + scale * (shared[which] + spread * rng.normal(size=n)) for _ in range(seeds)])
+    return {"y_true/en": y, "direct/en": arm(1.0, 0), "intermediate/en": arm(1.0 - gain, 1)}
+
+
+def test_looks_asks_for_the_next_round_while_undecided_and_stops_when_decided():
+    looks = Looks("bert-similarity-general", 3, 10)
+    assert [n for n, _ in looks.plan] == [3, 6, 10]
+    rng = np.random.default_rng(0)
+    undecided = _arrays(rng, 3, 0.0, n=60)  # a null gain on few rows: undecided, and not futile
+    nxt = looks([0, 1, 2], undecided, "spearman", "en", 0.02)
+    assert looks.looks[0]["seeds"] == 3 and looks.looks[0]["level"] == pytest.approx(dict(looks.plan)[3])
+    if looks.looks[0]["futile"]:
+        assert nxt == []
+    else:
+        assert nxt == [3, 4, 5] and looks.looks[0]["verdict"] not in sequential.DECIDED
+    clear = Looks("bert-similarity-general", 3, 10)
+    assert clear([0, 1, 2], _arrays(rng, 3, 0.5, spread=0.01), "spearman", "en", 0.02) == []  # decided at once
+    assert clear.looks[0]["verdict"] == "positive" and not clear.looks[0]["futile"]
+
+
+def test_the_last_look_never_asks_for_more_and_apply_reads_every_gain_at_its_level():
+    looks = Looks("c", 3, 6)
+    rng = np.random.default_rng(1)
+    assert looks([0, 1, 2, 3, 4, 5], _arrays(rng, 6, 0.0, n=60), "spearman", "en", 0.02) == []
+    gain = {"mean": 0.03, "ci_low": 0.001, "ci_high": 0.06, "verdict": "positive", "per_seed": [0.01, 0.03, 0.05],
+            "se_boot": 0.01, "se_seeds": [0.012] * 3, "p_value": 0.04, "margin": 0.02}
+    record = looks.apply({"gain": {"en": gain}})
+    level = looks.plan[-1][1]
+    assert record["sequential"]["looks"] == looks.looks and record["sequential"]["planned"] == [3, 6]
+    assert record["gain"]["en"]["level"] == level
+    again = sequential.decide(gain, level)
+    assert record["gain"]["en"]["ci_low"] == again["ci_low"] and record["gain"]["en"]["verdict"] == again["verdict"]
+
+
+def test_futile_when_even_max_seeds_could_not_decide_a_gain_of_its_size():
+    tiny_gain = {"mean": 0.001, "per_seed": [0.03, -0.02, -0.007], "se_boot": 0.02, "se_seeds": [0.03] * 3,
+                 "margin": 0.02}
+    assert sequential.futile(tiny_gain, 10)  # a gain of 0.001 is never called, and +-margin is out of reach
+    big = {**tiny_gain, "mean": 0.08, "per_seed": [0.10, 0.05, 0.09]}
+    assert not sequential.futile(big, 10)
+    agreeing = {"mean": 0.0, "per_seed": [0.001, -0.001, 0.0], "se_boot": 0.002, "se_seeds": [0.003] * 3,
+                "margin": 0.02}
+    assert not sequential.futile(agreeing, 10)  # equivalence is within reach
+
+
+@pytest.mark.slow
+def test_a_cell_with_auto_seeds_records_every_look_and_every_seed(tiny_corpora, tmp_path):
+    from micro_profile import micro
+
+    from harness.pipeline import run_cell
+
+    profile = micro(tiny_corpora, tmp_path / "cache")
+    ctx = RunContext(profile=profile, results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", seeds=[0, 1],
+                     auto_seeds=4)
+    record = run_cell(ctx, Cell("bert", "similarity", "general"))
+    block = record["sequential"]
+    assert block["planned"] == [2, 4] and block["looks"][0]["seeds"] == 2
+    trained = block["looks"][-1]["seeds"]
+    assert record["seeds"] == list(range(trained)) and len(record["gain"]["en"]["per_seed"]) == trained
+    assert len(record["metrics_per_seed"]["direct"]["en"][record["main_metric"]]) == trained
+    assert block["stopped"] in ("decided", "futile", "max seeds")
+    assert all(g["level"] == block["level"] for g in record["gain"].values())
+    fixed = RunContext(profile=profile, results_dir=tmp_path / "fixed", cache_dir=tmp_path / "cache", seeds=[0, 1])
+    plain = run_cell(fixed, Cell("bert", "similarity", "general"))
+    assert plain["config_key"] != record["config_key"] and "sequential" not in plain
+    # the first two seeds are the same models either way: auto adds seeds, it does not change them
+    assert plain["metrics_per_seed"]["direct"]["en"] == {
+        m: v[:2] for m, v in record["metrics_per_seed"]["direct"]["en"].items()}
