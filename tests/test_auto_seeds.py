@@ -100,3 +100,21 @@ def test_a_cell_with_auto_seeds_records_every_look_and_every_seed(tiny_corpora, 
     # the first two seeds are the same models either way: auto adds seeds, it does not change them
     assert plain["metrics_per_seed"]["direct"]["en"] == {
         m: v[:2] for m, v in record["metrics_per_seed"]["direct"]["en"].items()}
+
+
+def test_the_summary_lists_each_auto_cell_with_its_looks():
+    from harness.output.summary import sequential_block, sequential_lines
+
+    looks = [{"seeds": 3, "level": 0.99965, "verdict": "inconclusive", "mean": 0.02, "ci_low": -0.1, "ci_high": 0.14},
+             {"seeds": 6, "level": 0.98874, "verdict": "positive", "mean": 0.04, "ci_low": 0.01, "ci_high": 0.07}]
+    records = [{"cell": "bert-sentiment-general", "language": "en", "seeds": list(range(6)),
+                "timings": {"total_s": 312.4},
+                "sequential": {"max_seeds": 10, "looks": looks, "stopped": "decided"}},
+               {"cell": "bert-similarity-general", "language": "en", "seeds": [0, 1, 2]}]
+    block = sequential_block(records)
+    assert [c["cell"] for c in block] == ["bert-sentiment-general"] and block[0]["seeds"] == 6
+    (line,) = sequential_lines({"sequential": block})
+    assert line == ("bert-sentiment-general (en): 3 seeds at 0.9997: inconclusive +0.020 [-0.100, +0.140], "
+                    "6 seeds at 0.9887: positive +0.040 [+0.010, +0.070]; stopped: decided with 6 of at most 10 "
+                    "seeds; 312 s")
+    assert sequential_lines({"sequential": []}) == []

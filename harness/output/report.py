@@ -1,8 +1,6 @@
-"""The renderers of a summary (harness.output.summary: the one JSON-ready model every format is drawn from, so
-the formats cannot disagree): Markdown, LaTeX (booktabs), tidy CSV, JSON and the terminal table, with the marks
-of FDR survivors, under-trained arms and arms below the frozen floor; and `write_summary`, the end-of-run and
-`report` files (each written atomically). Five renderers of the same tables side by side, so a column added to
-one is seen next to the others."""
+"""The renderers of a summary (harness.output.summary: the one JSON-ready model all formats are drawn from, so they
+cannot disagree): Markdown, LaTeX (booktabs), tidy CSV, JSON and the terminal table, side by side so a column added
+to one is seen next to the others; and `write_summary`, the end-of-run and `report` files (written atomically)."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +17,6 @@ from harness.output.summary import (
     BELOW_FLOOR_MARK,
     BELOW_FLOOR_NOTE,
     BEST_NOTE,
-    FDR_MARK,
     FDR_NOTE,
     MISSING,
     UNDER_TRAINED_MARK,
@@ -27,8 +24,10 @@ from harness.output.summary import (
     build,
     calibration_lines,
     fdr_line,
+    fdr_mark,
     floor_line,
     moderation_lines,
+    sequential_lines,
     summarise,
 )
 from harness.results.bootstrap import FDR
@@ -44,11 +43,6 @@ def num(x, signed: bool = False) -> str:
     if x is None:
         return MISSING
     return f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
-def fdr_mark(g: dict) -> str:
-    """FDR_MARK on a verdict that survives FDR 5% (summary `fdr`), else nothing."""
-    return FDR_MARK if g.get("fdr") else ""
 
 
 def _below(e: dict, lang: str) -> str:
@@ -235,9 +229,11 @@ def _main_note(summary: dict, best: str) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    aa = calibration_lines(summary)
-    parts = ["# transfer-bench summary", "", *(["## Calibration (A/A)", ""] + [f"- {x}" for x in aa] + [""] if aa
-                                               else []), _header(summary) + ".", "", "## Main table", "",
+    parts = ["# transfer-bench summary", ""]
+    for title, lines in (("Calibration (A/A)", calibration_lines(summary)),
+                         ("Seeds until decided (--seeds auto)", sequential_lines(summary))):
+        parts += [f"## {title}", ""] + [f"- {x}" for x in lines] + [""] if lines else []
+    parts += [_header(summary) + ".", "", "## Main table", "",
              _main_note(summary, "in bold"), "", _github(*main_rows(summary, best=lambda s: f"**{s}**")), ""]
     for title, rows_of, note_of in SECTIONS:
         parts += [f"## {title}", "", note_of(summary), "", _github(*rows_of(summary)), ""]

@@ -177,6 +177,11 @@ def floor_line(floor: dict) -> str:
             f"({floor['arm_languages']} arm x language pairs below it in all)")
 
 
+def fdr_mark(g: dict) -> str:
+    """FDR_MARK on a verdict that survives FDR 5% (summary `fdr`), else nothing."""
+    return FDR_MARK if g.get("fdr") else ""
+
+
 def fdr_line(fdr: dict) -> str:
     if not fdr["gains"]:
         return "no gain carries a p-value: no false discovery rate"
@@ -201,6 +206,31 @@ def calibration_lines(summary: dict) -> list[str]:
         lines.append(f"{name}: {c['positive'] + c['negative']} of {c['gains']} gains decided ({c['positive']} "
                      f"positive, {c['negative']} negative): {rate} against the nominal {cal['nominal']:.0%}; "
                      f"{c['fdr_survivors']} survive FDR {FDR:.0%}")
+    return lines
+
+
+def sequential_block(records: list[dict]) -> list[dict]:
+    """Per cell run with --seeds auto:MAX: its looks (seeds, level, the target-language verdict and interval at each),
+    why it stopped, the seeds it trained and its training seconds."""
+    out = []
+    for r in sorted(records, key=lambda r: r["cell"]):
+        block = r.get("sequential")
+        if block:
+            out.append({"cell": r["cell"], "language": r["language"], "max_seeds": block["max_seeds"],
+                        "seeds": len(r["seeds"]), "stopped": block["stopped"], "looks": block["looks"],
+                        "seconds": (r.get("timings") or {}).get("total_s")})
+    return out
+
+
+def sequential_lines(summary: dict) -> list[str]:
+    """A line per cell of a --seeds auto run (nothing otherwise): the looks it took and how it stopped."""
+    lines = []
+    for c in summary.get("sequential") or []:
+        looks = ", ".join(f"{lk['seeds']} seeds at {lk['level']:.4f}: {lk['verdict']} {lk['mean']:+.3f} "
+                          f"[{lk['ci_low']:+.3f}, {lk['ci_high']:+.3f}]" for lk in c["looks"])
+        took = f"; {c['seconds']:.0f} s" if c.get("seconds") is not None else ""
+        lines.append(f"{c['cell']} ({c['language']}): {looks}; stopped: {c['stopped']} with {c['seeds']} of at most "
+                     f"{c['max_seeds']} seeds{took}")
     return lines
 
 
@@ -239,7 +269,7 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
             "significance": gains, "fdr": fdr, "floor": floor_count(records),
             "moderation": {"priors": moderation["priors"], "notes": moderation["notes"]},
-            "calibration": calibration(records, gains),
+            "calibration": calibration(records, gains), "sequential": sequential_block(records),
             "baseline_moved": [list(m) for m in moved],
             "cost_total": _cost_total(entries), "errors": list(errors)}
 
