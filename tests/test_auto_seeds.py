@@ -118,3 +118,15 @@ def test_the_summary_lists_each_auto_cell_with_its_looks():
                     "6 seeds at 0.9887: positive +0.040 [+0.010, +0.070]; stopped: decided with 6 of at most 10 "
                     "seeds; 312 s")
     assert sequential_lines({"sequential": []}) == []
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_auto_below_the_profiles_seeds_is_a_usage_error(tmp_path):
+    from helpers import run_pytest
+
+    run = run_pytest("bench", "--collect-only", "-q", "--seeds", "auto:2", f"--results-dir={tmp_path / 'r'}",
+                     f"--cache-dir={tmp_path / 'c'}", timeout=300)
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert "ERROR: --seeds auto:2: MAX is below the profile's 3 seeds" in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr

@@ -33,7 +33,7 @@ import pytest
 from scipy import stats as sps
 
 from harness.results import moderation
-from harness.results.sequential import DECIDED, boundaries, decide, levels, looks, spending
+from harness.results.sequential import DECIDED, boundaries, decide, futile, levels, looks, spending
 
 INITIAL, MOST, MARGIN = 3, 10, 0.02
 SETTINGS = {"seeds dominate": (0.01, 0.05), "balanced": (0.03, 0.03), "test set dominates": (0.05, 0.01)}
@@ -138,13 +138,16 @@ def _gain(per_seed: np.ndarray, sc: float, ss: float) -> dict:
             "se_seeds": [float(np.sqrt(sc**2 + own2))] * k, "margin": MARGIN}
 
 
-def _readings(plan, per_seed: np.ndarray, sc: float, ss: float) -> list[tuple[dict, dict]]:
-    """(gain, decide's reading) at each look of `plan` ((seeds, level) pairs) up to the first decided one."""
+def _readings(plan, per_seed: np.ndarray, sc: float, ss: float) -> list[tuple[dict, dict, bool]]:
+    """(gain, decide's reading, futile) at each look of `plan` ((seeds, level) pairs) up to the first decided one;
+    `futile` as harness.pipeline.Looks sets it: the look undecided, looks following, and sequential.futile(gain,
+    MAX). The futility stop ends the cell at the first futile look; without it the cell looks on."""
     out = []
-    for k, level in plan:
+    for j, (k, level) in enumerate(plan):
         gain = _gain(per_seed[:k], sc, ss)
-        out.append((gain, decide(gain, level)))
-        if out[-1][1]["verdict"] in DECIDED:
+        read = decide(gain, level)
+        out.append((gain, read, j + 1 < len(plan) and read["verdict"] not in DECIDED and futile(gain, plan[-1][0])))
+        if read["verdict"] in DECIDED:
             break
     return out
 
@@ -164,21 +167,43 @@ def _at_95(gain: dict, read: dict) -> str:
 
 def _simulate(sc: float, ss: float, effect: float, n: int, seed: int, check: int = 0) -> dict:
     """{rule: (verdicts, seeds used)} of n gains: `auto` (this module's looks and levels, every look read by
-    decide), `naive` (the same looks at 95%) and `fixed3` (the first look at 95%), on the same draws; the 95%
-    readings of the first `check` gains are checked against decide."""
+    decide, stopped when decided or futile: the procedure of harness.pipeline.Looks), `spending` (the same without
+    the futility stop), `naive` (the looks at 95%, no futility stop) and `fixed3` (the first look at 95%), on the
+    same draws; the 95% readings of the first `check` gains are checked against decide."""
     rng = np.random.default_rng(seed)
     draws = effect + rng.normal(0, sc, (n, 1)) + rng.normal(0, ss, (n, MOST))
     plan = levels(INITIAL, MOST)
-    out = {"auto": [], "naive": [], "fixed3": []}
+    out = {"auto": [], "spending": [], "naive": [], "fixed3": []}
     for i, g in enumerate(draws):
         readings = _readings(plan, g, sc, ss)
-        naive = [(_at_95(gain, read), read["seeds"]) for gain, read in readings]
+        naive = [(_at_95(gain, read), read["seeds"]) for gain, read, _ in readings]
         if i < check:
-            assert [v for v, _ in naive] == [decide(gain, 0.95)["verdict"] for gain, _ in readings]
-        out["auto"].append((readings[-1][1]["verdict"], readings[-1][1]["seeds"]))
+            assert [v for v, _ in naive] == [decide(gain, 0.95)["verdict"] for gain, _, _ in readings]
+        stop = next((read for _, read, stop in readings if stop), readings[-1][1])
+        out["auto"].append((stop["verdict"], stop["seeds"]))
+        out["spending"].append((readings[-1][1]["verdict"], readings[-1][1]["seeds"]))
         out["naive"].append(next((r for r in naive if r[0] in DECIDED), naive[-1]))
         out["fixed3"].append(naive[0])
     return {rule: (np.array([v for v, _ in runs]), np.array([k for _, k in runs])) for rule, runs in out.items()}
+
+
+def _pipeline_stops(per_seed: np.ndarray, sc: float, ss: float, monkeypatch) -> tuple[str, int, str]:
+    """(verdict, seeds, how it stopped) of harness.pipeline.Looks driven round by round as train_cell drives it,
+    its bootstrap gain replaced by the simulated gain of the seeds trained so far."""
+    from harness import pipeline
+
+    monkeypatch.setattr(pipeline.bootstrap, "arms", lambda y_true, direct, intermediate: len(direct))
+    monkeypatch.setattr(pipeline.bootstrap, "gain", lambda k, metric, seed, margin: _gain(per_seed[:k], sc, ss))
+    cell = pipeline.Looks("simulated", INITIAL, MOST)
+    seeds = list(range(INITIAL))
+    while True:
+        arrays = {f"y_true/{x}": None for x in ("en",)} | {f"direct/en": [0] * len(seeds), "intermediate/en": None}
+        more = cell(seeds, arrays, "accuracy", "en", MARGIN)
+        if not more:
+            break
+        seeds += more
+    block = cell.apply({"gain": {}})["sequential"]
+    return cell.looks[-1]["verdict"], len(seeds), block["stopped"]
 
 
 def _false_positives(verdicts: np.ndarray) -> float:
