@@ -66,12 +66,13 @@ def test_the_last_look_never_asks_for_more_and_apply_reads_every_gain_at_its_lev
     assert record["gain"]["en"]["ci_low"] == again["ci_low"] and record["gain"]["en"]["verdict"] == again["verdict"]
 
 
-def test_futile_when_even_max_seeds_could_not_decide_a_gain_of_its_size():
-    tiny_gain = {"mean": 0.001, "per_seed": [0.03, -0.02, -0.007], "se_boot": 0.02, "se_seeds": [0.03] * 3,
-                 "margin": 0.02}
-    assert sequential.futile(tiny_gain, 10)  # a gain of 0.001 is never called, and +-margin is out of reach
-    big = {**tiny_gain, "mean": 0.08, "per_seed": [0.10, 0.05, 0.09]}
-    assert not sequential.futile(big, 10)
+def test_futile_when_the_shared_test_set_noise_leaves_max_seeds_no_chance():
+    # seeds agree, the test set is noisy (shared SE 0.1): no gain the interval allows is decided at 10 seeds
+    noisy = {"mean": 0.01, "per_seed": [0.01, 0.0, 0.02], "se_boot": 0.1, "se_seeds": [0.1] * 3, "margin": 0.02}
+    assert sequential.futile(noisy, 10)
+    # the same mean with seed noise instead: the interval's far edge is a gain 10 seeds would decide, go on
+    seedy = {"mean": 0.01, "per_seed": [0.06, -0.05, 0.02], "se_boot": 0.02, "se_seeds": [0.02] * 3, "margin": 0.02}
+    assert not sequential.futile(seedy, 10)
     agreeing = {"mean": 0.0, "per_seed": [0.001, -0.001, 0.0], "se_boot": 0.002, "se_seeds": [0.003] * 3,
                 "margin": 0.02}
     assert not sequential.futile(agreeing, 10)  # equivalence is within reach
