@@ -47,8 +47,8 @@ class Looks:
         look = {**sequential.decide({**gain, "margin": margin}, level), "language": language}
         self.looks.append(look)
         following = [n for n, _ in self.plan if n > len(seeds)]
-        look["futile"] = bool(following) and look["verdict"] not in sequential.DECIDED and \
-            sequential.futile({**gain, "margin": margin}, self.plan[-1][0])
+        look["futile"] = bool(following and look["verdict"] not in sequential.DECIDED
+                              and sequential.futile({**gain, "margin": margin}, self.plan[-1][0]))
         if look["verdict"] in sequential.DECIDED or not following or look["futile"]:
             return []
         return list(range(max(seeds) + 1, max(seeds) + 1 + following[0] - len(seeds)))

@@ -2,6 +2,8 @@
 more seeds while its target-language gain is undecided, its record keeping every look."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,8 @@ def test_looks_asks_for_the_next_round_while_undecided_and_stops_when_decided():
         assert nxt == [3, 4, 5] and looks.looks[0]["verdict"] not in sequential.DECIDED
     clear = Looks("bert-similarity-general", 3, 10)
     assert clear([0, 1, 2], _arrays(rng, 3, 0.5, spread=0.01), "spearman", "en", 0.02) == []  # decided at once
-    assert clear.looks[0]["verdict"] == "positive" and not clear.looks[0]["futile"]
+    assert clear.looks[0]["verdict"] == "positive" and clear.looks[0]["futile"] is False
+    json.dumps(looks.looks + clear.looks)  # what the record holds
 
 
 def test_the_last_look_never_asks_for_more_and_apply_reads_every_gain_at_its_level():
@@ -69,7 +72,7 @@ def test_the_last_look_never_asks_for_more_and_apply_reads_every_gain_at_its_lev
 def test_futile_when_the_shared_test_set_noise_leaves_max_seeds_no_chance():
     # seeds agree, the test set is noisy (shared SE 0.1): no gain the interval allows is decided at 10 seeds
     noisy = {"mean": 0.01, "per_seed": [0.01, 0.0, 0.02], "se_boot": 0.1, "se_seeds": [0.1] * 3, "margin": 0.02}
-    assert sequential.futile(noisy, 10)
+    assert sequential.futile(noisy, 10) is True  # a Python bool: the record is JSON
     # the same mean with seed noise instead: the interval's far edge is a gain 10 seeds would decide, go on
     seedy = {"mean": 0.01, "per_seed": [0.06, -0.05, 0.02], "se_boot": 0.02, "se_seeds": [0.02] * 3, "margin": 0.02}
     assert not sequential.futile(seedy, 10)

@@ -136,4 +136,4 @@ def futile(gain: dict, most: int) -> bool:
     c, var = shared_se(gain), float(np.var(gain["per_seed"], ddof=1))
     needed = seeds_needed(edge, c, var, 0.0, power=POWER, most=most)
     half = sps.norm.isf(ALPHA / 2) * np.sqrt(c**2 + var / most)
-    return (needed is None or needed > most) and mean + half >= float(gain.get("margin", 0.0))
+    return bool((needed is None or needed > most) and mean + half >= float(gain.get("margin", 0.0)))
