@@ -44,13 +44,14 @@ def _seeds_needed(g: dict, effect: float, priors: dict, group: str):
 
 def detectable(g: dict, priors: dict, group: str) -> float | None:
     """The minimum detectable change of a gain under the rule its verdict came from (`rule`): the smallest true
-    gain that its verdict's test calls positive or negative with 80% power at the gain's level (95%), at its
+    gain that its verdict's test calls positive or negative with 80% power at the gain's level (95%, or its look's
+    with --seeds auto), at its
     seeds, with the same test-set SE, seed variance and degrees of freedom as its seeds needed
     (harness.results.change.gain_detectable; moderated: the moderated seed sd on d0 + k - 1 and the shared
     test-set SE). None without per-seed gains or test-set error. Not the record's `mdc` (the smallest change
     the baseline check catches, at the cell's Bonferroni level, without a prior)."""
     terms = _terms(g, priors, group)
-    return None if terms is None else gain_detectable(*terms, len(g["per_seed"]))
+    return None if terms is None else gain_detectable(*terms, len(g["per_seed"]), g.get("level", LEVEL))
 
 
 def significance(records: list[dict], moderated: dict | None = None, margin: float | None = None
