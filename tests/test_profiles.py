@@ -51,14 +51,17 @@ def test_minilm_data_sets_load_with_their_subsample_sizes(tmp_path):
 
     p = load_profile("minilm", SHARED_DATA, tmp_path)
     ctx = RunContext(p, tmp_path / "results", tmp_path / "cache", seeds=[0])
-    sib = load_dataset(ctx, p.targets[("classification", "general")])
+    sib = load_dataset(ctx, p.targets[("classification", "general")], validation_fraction=p.tuning.validation_fraction)
     assert len(sib.train) == 160 and len(sib.labels) == 7 and len(sib.tests) == 12
-    assert all(len(s) == 100 for s in sib.tests.values())
-    sts = load_dataset(ctx, p.targets[("similarity", "general")])
+    assert all(len(s) == 204 for s in sib.tests.values())  # every test row
+    assert len(sib.validation) == 99 and sib.validation_source == "own"  # max_validation 100, the dev file's 99
+    sts = load_dataset(ctx, p.targets[("similarity", "general")], validation_fraction=p.tuning.validation_fraction)
     assert sts.train.file.endswith("stsb/dev.jsonl") and sts.labels is None
-    assert set(sts.tests) == {"en", "ar", "es", "en-ar", "es-en", "tr-en"} and len(sts.tests["en"]) == 150
+    assert set(sts.tests) == {"en", "ar", "es", "en-ar", "es-en", "tr-en"} and len(sts.tests["en"]) == 1379
+    assert len(sts.tests["ar"]) == 250 and len(sts.validation) == 150  # max_validation: the validation as it was
     tos = load_dataset(ctx, p.targets[("classification", "legal")])
     assert tos.labels == ["fair", "unfair"] and set(tos.tests) == {"en", "de", "it", "pl"}
+    assert len(tos.tests["en"]) == 3816
     inter = load_dataset(ctx, p.intermediates["sentiment"], with_tests=False)
     assert len(inter.train) == 320 and inter.labels == ["negative", "positive"]
 

@@ -365,7 +365,8 @@ def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
     assert first["metrics"]["direct"]["en"] != second["metrics"]["direct"]["en"]  # the test labels did change
 
     tuning = first["tuning"]
-    assert tuning["space"] == {"lr": [1e-3, 3e-3], "max_epochs": 2, "patience": 1, "validation_fraction": 0.15}
+    assert tuning["space"] == {"lr": [1e-3, 3e-3], "max_epochs": 2, "patience": 1, "min_epochs": 1,
+                               "selection": "best", "validation_fraction": 0.15}
     assert tuning["trials_per_arm"] == 2 and tuning["metric"] == first["main_metric"] == "accuracy"
     epochs_run = {}
     for arm in ("direct", "intermediate"):
