@@ -30,10 +30,9 @@ from harness.definitions.config import DatasetConfig
 from harness.definitions.grid import Cell
 from harness.definitions.metrics import FUNCTIONS, main_metric
 from harness.definitions.profiles import load_profile
-from harness.definitions.tasks import task_type
 from harness.running import arms, tuning
-from harness.running.context import RunContext, encode, load_dataset, tokenizer_for
-from harness.running.heads import cell_head_init, cell_heads
+from harness.running.cell import cell_setup
+from harness.running.context import RunContext, load_dataset
 from harness.training.loop import predict, train
 
 OUTSIDE = [  # (name, task, domain, path, language): train files the offline profile never trains on
@@ -59,18 +58,13 @@ def datasets(profile) -> list[tuple[Cell, DatasetConfig, str]]:
 
 
 def setup_for(ctx: RunContext, cell: Cell, dataset: DatasetConfig):
-    p = ctx.profile
+    """The cell's own setup (harness.running.cell.cell_setup) on the target language's test set, cut to TEST_ROWS."""
     dataset = dataclasses.replace(dataset, max_test=min(dataset.max_test or TEST_ROWS, TEST_ROWS),
                                   cross_lingual={})
-    target = load_dataset(ctx, dataset, validation_fraction=p.tuning.validation_fraction)
+    target = load_dataset(ctx, dataset, validation_fraction=ctx.profile.tuning.validation_fraction)
     metric = main_metric(cell.task, target.train.labels if target.labels else None, dataset.main_metric)[0]
-    tok = tokenizer_for(ctx, cell.model)
-    pooling, head = cell_heads(p, cell)
-    bi, hp = head == "bi", p.target_train
-    enc = lambda split: encode(ctx, tok, cell.model, split, hp.max_length, target.labels, bi)
-    setup = arms.Setup(ctx, cell, p.models[cell.model], tok, task_type(cell.task).num_labels(target.labels), hp,
-                       pooling, head, cell_head_init(p, cell), enc(target.train), enc(target.validation), metric)
-    return setup, enc(target.tests[dataset.language]), len(target.train), len(target.validation)
+    setup, test_enc = cell_setup(ctx, cell, target, metric, tuned=True)
+    return setup, test_enc[dataset.language], len(target.train), len(target.validation)
 
 
 def curves(setup: arms.Setup, test_enc, seed: int) -> dict:

@@ -42,13 +42,11 @@ def test_looks_asks_for_the_next_round_while_undecided_and_stops_when_decided():
     looks = Looks("bert-similarity-general", 3, 10)
     assert [n for n, _ in looks.plan] == [3, 6, 10]
     rng = np.random.default_rng(0)
-    undecided = _arrays(rng, 3, 0.0, n=60)  # a null gain on few rows: undecided, and not futile
+    undecided = _arrays(rng, 3, 0.0, n=60)  # a null gain on few rows, seed noise dominating: undecided, not futile
     nxt = looks([0, 1, 2], undecided, "spearman", "en", 0.02)
     assert looks.looks[0]["seeds"] == 3 and looks.looks[0]["level"] == pytest.approx(dict(looks.plan)[3])
-    if looks.looks[0]["futile"]:
-        assert nxt == []
-    else:
-        assert nxt == [3, 4, 5] and looks.looks[0]["verdict"] not in sequential.DECIDED
+    assert looks.looks[0]["futile"] is False and looks.looks[0]["verdict"] not in sequential.DECIDED
+    assert nxt == [3, 4, 5]
     clear = Looks("bert-similarity-general", 3, 10)
     assert clear([0, 1, 2], _arrays(rng, 3, 0.5, spread=0.01), "spearman", "en", 0.02) == []  # decided at once
     assert clear.looks[0]["verdict"] == "positive" and clear.looks[0]["futile"] is False

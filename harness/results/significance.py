@@ -8,6 +8,7 @@ the verdicts, each of which is then a false positive.
 """
 from __future__ import annotations
 
+import numpy as np
 from scipy import stats as sps
 
 from harness.definitions.grid import parse_cell_id
@@ -27,8 +28,7 @@ def _terms(g: dict, priors: dict, group: str) -> tuple[float, float, float] | No
         return None
     if g.get("rule") == analysis.MODERATED:
         return shared_se(g), g["seed_sd"] ** 2, prior_d0(priors[group])
-    k = len(g["per_seed"])
-    var = float(sum((x - g["mean"]) ** 2 for x in g["per_seed"]) / (k - 1)) if k > 1 else 0.0
+    var = float(np.var(g["per_seed"], ddof=1)) if len(g["per_seed"]) > 1 else 0.0
     return float(g["se_boot"]), var, 0.0
 
 

@@ -68,7 +68,7 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None, more=None
             return Outcome(done, reused=True)
     inter = load_dataset(ctx, p.intermediates[cell.task], with_tests=False)  # validate before any training
     flops.reset_peak_memory(ctx.device)
-    setup, test_enc = _setup(ctx, cell, target, main[0], space is not None)
+    setup, test_enc = cell_setup(ctx, cell, target, main[0], space is not None)
     timings = {"load_s": time.perf_counter() - t0, "intermediate_s": 0.0, "train_s": 0.0, "validation_s": 0.0,
                "eval_s": 0.0, **({"probe_s": 0.0} if setup.head_init == "probe" else {})}
     seeds, margin = list(ctx.seeds), equivalence_margin(main[0], p.margins, ctx.margin)
@@ -146,7 +146,7 @@ def _evaluate(setup: arms.Setup, space, test_enc: dict, timings: dict, seeds: li
     return done
 
 
-def _setup(ctx: RunContext, cell: Cell, target: Loaded, metric: str, tuned: bool) -> tuple[arms.Setup, dict]:
+def cell_setup(ctx: RunContext, cell: Cell, target: Loaded, metric: str, tuned: bool) -> tuple[arms.Setup, dict]:
     """The cell's training setup (encoded splits, heads, recipe) and its encoded test splits per language."""
     p = ctx.profile
     tok = tokenizer_for(ctx, cell.model)
