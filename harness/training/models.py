@@ -8,8 +8,8 @@ import logging
 
 import torch
 
-from harness.definitions.config import ModelConfig
-from harness.training import e5
+from harness.definitions.config import SPLIT_SOURCES, ModelConfig
+from harness.training import e5, mpnet
 from harness.training.pooling import PoolingError, checkpoint_pooling, pooled
 
 log = logging.getLogger(__name__)
@@ -20,12 +20,13 @@ class ModelError(Exception):
 
 
 def materialise(row: ModelConfig) -> None:
-    """The folder of a row built from a package (`row.build`, harness.training.e5), converted now if this is its
-    first use; a missing package or a file not in its format is a ModelError (one line)."""
+    """The folder of a row built from a package (`row.build`: harness.training.e5, or harness.training.mpnet for the
+    split zips of SPLIT_SOURCES), built now if this is its first use; a missing package or a file not in its format
+    is a ModelError (one line)."""
     if row.build:
         try:
-            e5.build(row)
-        except e5.E5Error as err:
+            (mpnet.build if row.build in SPLIT_SOURCES else e5.build)(row)
+        except (e5.E5Error, mpnet.MpnetError) as err:
             raise ModelError(str(err)) from None
 
 
