@@ -65,8 +65,9 @@ OPTIONS = (
     Option("--tune", "select each arm's learning rate and epochs on validation data (default in the offline and "
            "paper profiles; see docs/methodology.md) | train each arm once with the profile's recipe (default in tiny)",
            switch=True, negated="--no-tune"),
-    Option("--model-set", "swap the profile's model rows for a named set of its TOML file (paper: multilingual = "
-           "mBERT and XLM-R; `--models` still filters rows)", metavar="NAME"),
+    Option("--model-set", "swap the profile's model rows for a named set of its TOML file, or add its rows (paper: "
+           "multilingual = mBERT and XLM-R; offline: mpnet adds all-mpnet-base-v2; `--models` still filters rows)",
+           metavar="NAME"),
     Option("--plan", "print what would run (cells, model and data set revisions, sizes, epochs, training "
            "examples, estimated time) and exit without training", switch=True),
     Option("--shard", "run only shard I of N (1-based): a deterministic share of the selected cells, model-task "
