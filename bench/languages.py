@@ -1,13 +1,13 @@
-"""Does the gain survive a change of language? Two models' runs side by side, per cell (task-domain) and language:
-each model's frozen floor, its direct arm and the gain of the intermediate step with its 95% interval and verdict,
+"""Does the gain survive a change of language? Two model rows side by side, per cell (task-domain) and language:
+each row's frozen floor, its direct arm and the gain of the intermediate step with its 95% interval and verdict,
 read at the first K seeds (bench/verdicts.py's reading: the cell's own seed-t rule, what a fixed K-seed run
-reports), and how many of each model's zero-shot gains are decided and which way.
+reports), and how many of each row's target-language and zero-shot gains are decided and which way.
 
-    python bench/languages.py RESULTS_A RESULTS_B [--seeds 3] [--names e5,MiniLM]
+    python bench/languages.py RESULTS_DIR... [--models e5,bert] [--seeds 3]
 
-RESULTS_A and RESULTS_B are results directories (records and saved predictions) of the same profile, e.g. the
-offline profile's `e5` and `bert` rows. Cells are matched by task and domain; a cell in one run only is listed with
-dashes for the other.
+The results directories (records and saved predictions; one run holding both rows, or one run per row) are read
+together and their cells split by model row: --models names the two (default: the first two found, in order).
+Cells are matched by task and domain; a cell of one row only is listed with dashes for the other.
 """
 from __future__ import annotations
 
@@ -65,15 +65,26 @@ def markdown(a: list[dict], b: list[dict], k: int, names: tuple[str, str]) -> st
     return "\n".join(lines)
 
 
+def split(table: list[dict], models: list[str] | None) -> tuple[tuple[str, str], list[dict], list[dict]]:
+    """The two rows' gains (`models`, default the first two model rows in `table`) and their names."""
+    found = list(dict.fromkeys(parse_cell_id(t["cell"]).model for t in table))
+    names = models or found[:2]
+    if len(names) != 2 or any(n not in found for n in names):
+        raise SystemExit(f"bench/languages.py: two model rows needed, found {', '.join(found) or 'none'}"
+                         + (f" (asked for {', '.join(models)})" if models else ""))
+    a, b = ([t for t in table if parse_cell_id(t["cell"]).model == n] for n in names)
+    return (names[0], names[1]), a, b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("a", type=Path, help="results directory of the first model's run")
-    parser.add_argument("b", type=Path, help="results directory of the second model's run")
+    parser.add_argument("results_dirs", type=Path, nargs="+", help="results directories (read together)")
+    parser.add_argument("--models", help="the two model rows to put side by side, e.g. e5,bert")
     parser.add_argument("--seeds", type=int, default=3, help="read the first K seeds of each cell (default 3)")
-    parser.add_argument("--names", default="A,B", help="column names of the two runs (default A,B)")
     args = parser.parse_args()
-    names = tuple(args.names.split(",", 1)) if "," in args.names else (args.names, "B")
-    print(markdown(rows(args.a, args.seeds), rows(args.b, args.seeds), args.seeds, names))
+    table = [t for d in args.results_dirs for t in rows(d, args.seeds)]
+    names, a, b = split(table, args.models.split(",") if args.models else None)
+    print(markdown(a, b, args.seeds, names))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from recordgen import make_record, with_floor, write_records
 
 from harness.results.record import save_predictions
@@ -40,8 +41,12 @@ def test_two_runs_side_by_side_with_the_target_language_first_and_a_cell_of_one_
     languages = _module()
     _run(tmp_path / "a", "e5", [("classification", "general"), ("classification", "legal")], better=0.4)
     _run(tmp_path / "b", "bert", [("classification", "general")], better=0.0)
-    a, b = languages.rows(tmp_path / "a", 3), languages.rows(tmp_path / "b", 3)
+    table = languages.rows(tmp_path / "a", 3) + languages.rows(tmp_path / "b", 3)
+    names, a, b = languages.split(table, ["e5", "bert"])
+    assert names == ("e5", "bert") and languages.split(table, None)[0] == names
     assert {t["seeds"] for t in a} == {4} and len(a) == 4 and len(b) == 2
+    with pytest.raises(SystemExit, match="two model rows needed, found e5, bert"):
+        languages.split(table, ["e5", "xlnet"])
     text = languages.markdown(a, b, 3, ("e5", "MiniLM"))
     lines = text.splitlines()
     assert lines[0].startswith("| cell | lang | rows | e5 floor |") and "MiniLM gain, 3 seeds [95%]" in lines[0]
