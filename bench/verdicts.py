@@ -20,6 +20,15 @@ from harness.results.record import load_predictions, load_records
 DECIDED = ("positive", "negative", "equivalent")
 
 
+def _mean_of_first(record: dict, arm: str, lang: str, k: int) -> float:
+    """The arm's metric, mean of the first k seeds (what a k-seed run records); the record's mean where it has no
+    per-seed values."""
+    per_seed = ((record.get("metrics_per_seed") or {}).get(arm, {}).get(lang) or {}).get(record["main_metric"])
+    if per_seed:
+        return sum(per_seed[:k]) / len(per_seed[:k])
+    return record["metrics"][arm][lang][record["main_metric"]]
+
+
 def rows(results_dir: Path, k: int) -> list[dict]:
     records, errors = load_records(results_dir)
     for line in errors:
@@ -38,8 +47,8 @@ def rows(results_dir: Path, k: int) -> list[dict]:
             out.append({"cell": r["cell"], "language": lang, "target": lang == r["language"],
                         "metric": r["main_metric"], "test_rows": len(saved[f"y_true/{lang}"]),
                         "frozen": (r["metrics"].get("frozen", {}).get(lang) or {}).get(r["main_metric"]),
-                        "direct": r["metrics"]["direct"][lang][r["main_metric"]],
-                        "intermediate": r["metrics"]["intermediate"][lang][r["main_metric"]],
+                        "direct": _mean_of_first(r, "direct", lang, k),
+                        "intermediate": _mean_of_first(r, "intermediate", lang, k),
                         f"gain_{k}": fixed["mean"], f"low_{k}": fixed["ci_low"], f"high_{k}": fixed["ci_high"],
                         f"verdict_{k}": fixed["verdict"], "seeds": len(r["seeds"]), "gain": own["mean"],
                         "low": own["ci_low"], "high": own["ci_high"], "verdict": own["verdict"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -60,3 +61,16 @@ def test_two_runs_side_by_side_with_the_target_language_first_and_a_cell_of_one_
     assert "- e5, target language: 2 of 2 gains decided at 3 seeds (positive 2)" in lines
     assert "- e5, zero-shot: 2 of 2 gains decided at 3 seeds (positive 2)" in lines
     assert any(line.startswith("- MiniLM, zero-shot: ") for line in lines)
+
+
+def test_the_direct_column_is_the_mean_of_the_first_k_seeds_not_of_the_whole_record(tmp_path):
+    languages = _module()
+    _run(tmp_path / "a", "e5", [("classification", "general")], better=0.0)
+    path = next((tmp_path / "a" / "cells").glob("*.json"))
+    record = json.loads(path.read_text())
+    main = record["main_metric"]
+    record["metrics_per_seed"]["direct"]["en"][main] = [0.5, 0.6, 0.7, 0.9]  # the record's mean would be 0.675
+    path.write_text(json.dumps(record))
+    (en,) = [t for t in languages.rows(tmp_path / "a", 3) if t["language"] == "en"]
+    assert en["direct"] == pytest.approx(0.6)
+    assert next(t for t in languages.rows(tmp_path / "a", 4) if t["language"] == "en")["direct"] == pytest.approx(0.675)
