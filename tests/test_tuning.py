@@ -25,7 +25,8 @@ from harness.running.tuning import RISING, Search, convergence
 
 @pytest.mark.parametrize("table, key, problem", [
     ({"lr": [1e-4], "warmup": 2}, "warmup", ("unknown key (valid: lr, max_epochs, patience, min_epochs, selection, "
-                                                  "validation_fraction)")),
+                                                  "validation_fraction, min_validation)")),
+    ({"min_validation": 0}, "min_validation", "integer of at least 1, got 0"),
     ({"min_epochs": 0}, "min_epochs", "integer of at least 1, got 0"),
     ({"min_epochs": 13, "max_epochs": 12}, "min_epochs", "must not exceed max_epochs (12), got 13"),
     ({"selection": "median"}, "selection", "must be one of best, one-se, got 'median'"),
@@ -366,7 +367,7 @@ def test_selection_never_reads_test_labels(tiny_corpora, tmp_path):
 
     tuning = first["tuning"]
     assert tuning["space"] == {"lr": [1e-3, 3e-3], "max_epochs": 2, "patience": 1, "min_epochs": 1,
-                               "selection": "best", "validation_fraction": 0.15}
+                               "selection": "best", "validation_fraction": 0.15, "min_validation": 30}
     assert tuning["trials_per_arm"] == 2 and tuning["metric"] == first["main_metric"] == "accuracy"
     epochs_run = {}
     for arm in ("direct", "intermediate"):
@@ -408,3 +409,36 @@ def test_spec_main_metric_is_checked_and_declared_metric_wins(tiny_profile, tmp_
     with pytest.raises(SpecError) as info:
         apply_spec(tiny_profile, spec, tmp_path)
     assert str(info.value).startswith(f"{spec}: [[dataset]] 1 (c) key 'main_metric': unknown metric 'spearman'")
+
+
+@pytest.mark.slow
+def test_a_validation_split_under_min_validation_trains_the_fixed_recipe_and_says_so(tiny_corpora, tmp_path, caplog):
+    """48 validation rows against min_validation 49: the tuned cell trains exactly as an untuned one (same key, same
+    predictions, no search), and its record and log say why; at 48 it is searched."""
+    from micro_profile import micro
+
+    from harness.pipeline import run_cell
+    from harness.running.context import RunContext
+
+    def run(where: str, tune: bool, min_validation: int) -> tuple[dict, dict]:
+        profile = micro(tiny_corpora, tmp_path / where / "cache")
+        profile = dataclasses.replace(profile, tuning=dataclasses.replace(profile.tuning,
+                                                                          min_validation=min_validation))
+        ctx = RunContext(profile=profile, results_dir=tmp_path / where / "results", cache_dir=tmp_path / where / "cache",
+                         seeds=[0], tune=tune)
+        record = run_cell(ctx, Cell("bert", "classification", "general"))
+        with np.load(tmp_path / where / "results" / "predictions" / "bert-classification-general.npz") as z:
+            return record, {k: z[k] for k in z.files}
+
+    with caplog.at_level("WARNING", logger="harness.running.cell"):
+        skipped, skipped_preds = run("skipped", True, 49)
+    untuned, untuned_preds = run("untuned", False, 49)
+    assert skipped["tuning_skipped"] == {"validation": 48, "validation_source": "own", "min_validation": 49,
+                                         "reason": "too few to rank checkpoints"}
+    assert "tuning" not in skipped and "tuning" not in skipped["hyperparameters"]
+    assert skipped["config_key"] == untuned["config_key"] and "tuning_skipped" not in untuned
+    assert skipped_preds.keys() == untuned_preds.keys()
+    assert all(np.array_equal(skipped_preds[k], untuned_preds[k]) for k in skipped_preds)
+    assert any("48 validation rows, fewer than tuning.min_validation = 49" in r.getMessage() for r in caplog.records)
+    searched, _ = run("searched", True, 48)
+    assert "tuning_skipped" not in searched and searched["tuning"]["space"]["min_validation"] == 48

@@ -33,7 +33,7 @@ what to pass as --data-dir when its paths are local) and is a complete grid; a s
 A `[tuning]` table sets the per-arm search space (harness/running/tuning.py), replacing the profile's keys given there:
 `lr = [1e-4, 3e-4]` (a training run per learning rate), `max_epochs = 10` (each run's epoch limit), `patience = 3`
 (a run stops after that many epochs without validation improvement), `validation_fraction` (when a validation
-split is carved from training data). The earlier `epochs` list is refused, naming what replaced it.
+split is carved from training data), `min_validation` (fewer validation rows: the fixed recipe, untuned). The earlier `epochs` list is refused, naming what replaced it.
 
 Relative paths are resolved against `--data-dir` when it is given, else against the spec file's folder, and
 stored absolute, so a cell reads them wherever the profile's own data lives. Everything is checked

@@ -31,6 +31,7 @@ from harness.training.loop import lengths_of, predict
 
 log = logging.getLogger(__name__)
 
+TOO_FEW_VALIDATION = "too few to rank checkpoints"  # why a tuned cell trained the fixed recipe (record `tuning_skipped`)
 AUTO_RULE = "obf-1"  # the rule of --seeds auto (harness.results.sequential): part of the configuration key
 
 
@@ -53,12 +54,22 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None, more=None
 
     Each arm and seed is trained by one strategy of harness.running.arms: tuned (ctx.tune: selected on the
     validation split, only the selected model evaluated on the test sets), grouped (ctx.train_together, untuned
-    cells that stack) or sequential (the profile's recipe)."""
+    cells that stack) or sequential (the profile's recipe). A tuned cell whose validation split has fewer than
+    `tuning.min_validation` rows is trained untuned (record `tuning_skipped`: the sizes and why)."""
     p = ctx.profile
     t0 = time.perf_counter()
     space = p.tuning if ctx.tune else None
     target = load_dataset(ctx, p.targets[(cell.task, cell.domain)],
                           validation_fraction=space.validation_fraction if space else None)
+    skipped = None
+    if space is not None and target.validation is not None and len(target.validation) < space.min_validation:
+        skipped = {"validation": len(target.validation), "validation_source": target.validation_source,
+                   "min_validation": space.min_validation, "reason": TOO_FEW_VALIDATION}
+        ctx, space = dataclasses.replace(ctx, tune=False), None  # the cell is untuned from here on (key, record)
+        target = load_dataset(ctx, p.targets[(cell.task, cell.domain)])
+        log.warning("%s: %d validation rows, fewer than tuning.min_validation = %d: %s; training the fixed recipe "
+                    "on its %d training rows", cell.id, skipped["validation"], skipped["min_validation"],
+                    TOO_FEW_VALIDATION, len(target.train))
     main = main_metric(cell.task, target.train.labels if target.labels else None, target.dataset.main_metric)
     key = config_key(ctx, cell, target.digest, main[0])
     if not ctx.rerun:
@@ -90,6 +101,8 @@ def train_cell(ctx: RunContext, cell: Cell, finished=lambda key: None, more=None
     record["margin"] = margin
     if setup.head_init == "probe":
         record["head_init"] = {"mode": "probe", "arms": done.probes}
+    if skipped is not None:
+        record["tuning_skipped"] = skipped
     if space is not None:
         record["tuning"] = _tuning_record(space, main[0], done.selected)
         record["under_trained"] = [arm for arm in ARMS if record["tuning"]["convergence"][arm]["under_trained"]]
