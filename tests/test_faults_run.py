@@ -4,6 +4,7 @@ folders at once, problems found before training (corrupt baselines, unwritable r
 the message, the exit code and that nothing finished was lost. Grid runs use the micro profile in subprocesses."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ def _start(tmp: Path, *args, hold: str | None = None) -> subprocess.Popen:
     """The micro grid in the background (output in tmp/out.txt); with `hold`, the process running that cell
     writes its pid to tmp/held and waits (tests/micro_profile.py)."""
     argv, env = grid_command(tmp / "results", tmp / "cache", *args)
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang's SIGABRT (_finish) prints where each thread was
     if hold:
         env.update(MICRO_HOLD_CELL=hold, MICRO_HOLD_FILE=str(tmp / "held"))
     out = open(tmp / "out.txt", "w")
@@ -48,9 +50,16 @@ def _finish(proc: subprocess.Popen, tmp: Path, timeout: float) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER (see _start): every thread's stack into out.txt
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # the group's other processes, if any are left
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        pytest.fail(f"the run hung (killed after {timeout}s): {(tmp / 'out.txt').read_text()[-3000:]}")
+        out = (tmp / "out.txt").read_text().split("\nExtension modules:")[0]  # faulthandler's list of 200 names
+        pytest.fail(f"the run hung (killed after {timeout}s): {out[-6000:]}")
     return (tmp / "out.txt").read_text()
 
 
