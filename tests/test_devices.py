@@ -132,3 +132,31 @@ def test_loadgroup_scheduling_groups_cells_by_model_and_task(nodeid, group):
 
     cell = cell_of(nodeid)
     assert (cell.group if cell else None) == group
+
+
+def test_other_tests_are_scheduled_with_their_file(tmp_path):
+    """Under -n 2, the tests of one module that share a module-scoped fixture run on one worker, so the fixture
+    is built once (pytest 9 drops xdist's `@group` suffix, and each test was scheduled on its own before)."""
+    from harness.pytest.selection import CellGroupScheduling
+
+    split = CellGroupScheduling._split_scope.__get__(object.__new__(CellGroupScheduling))
+    assert split("tests/test_a.py::test_one[1]") == split("tests/test_a.py::test_two") == "tests/test_a.py"
+    assert split("tests/test_b.py::test_one") == "tests/test_b.py"
+    assert split("tests/test_a.py::test_one@slow-group") == "slow-group"
+    assert split("bench/test_transfer.py::test_transfer[bert-classification-general]") \
+        == "cells:bert-classification:bert-classification-general"
+    log = tmp_path / "built"
+    (tmp_path / "test_shared.py").write_text(
+        "import os, pytest\n"
+        "@pytest.fixture(scope='module')\n"
+        "def built():\n"
+        f"    open({str(log)!r}, 'a').write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_uses_it(built, i):\n"
+        "    pass\n"
+        "def test_other_file_mate():\n"
+        "    pass\n", encoding="utf-8")
+    (tmp_path / "test_elsewhere.py").write_text("def test_elsewhere():\n    pass\n", encoding="utf-8")
+    done = run_pytest("-n", "2", "-p", "no:cacheprovider", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0 and "8 passed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(log.read_text().split()) == 1, log.read_text()

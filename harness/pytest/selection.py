@@ -110,7 +110,11 @@ class CellGroupScheduling(LoadGroupScheduling):
     xdist's three, so the last cells go to whichever worker frees up first.
 
     Cells are grouped by their model-task group read from the node id, not only through the `@group` suffix
-    that xdist's workers add: with pytest 9 that suffix is lost (pytest-xdist issue #1386).
+    that xdist's workers add: with pytest 9 that suffix is lost (pytest-xdist issue #1386). Any other test
+    (the harness's own, or a user's beside the grid) is scheduled with the rest of its file, as under
+    `--dist loadfile`: without the suffix, each test was a unit of its own, so a module-scoped fixture (a grid
+    run in a subprocess, in tests/test_regression.py four of them) was built again on every worker that got one
+    of its tests. A test's own `@group` suffix, where one arrives, still decides.
 
     A crashed worker does not hang the run (pytest-xdist issue #1327, fixed upstream by PR #1328 after 3.8.0):
     the cell it was running is failed (not retried: an out-of-memory cell would crash worker after worker),
@@ -120,7 +124,10 @@ class CellGroupScheduling(LoadGroupScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
         cell = cell_of(nodeid)
-        return f"cells:{cell.group}:{cell.id}" if cell else super()._split_scope(nodeid)
+        if cell:
+            return f"cells:{cell.group}:{cell.id}"
+        scope = super()._split_scope(nodeid)  # an `@group` suffix, where the worker still adds one
+        return nodeid.split("::", 1)[0] if scope == nodeid else scope
 
     @staticmethod
     def _group_of(scope: str) -> str:
