@@ -35,8 +35,8 @@ def pytest_runtest_call(item):
     cell = getattr(getattr(item, "callspec", None), "params", {}).get("cell")
     if cell is not None and str(cell) == os.environ.get("MICRO_HOLD_CELL"):
         Path(os.environ["MICRO_HOLD_FILE"]).write_text(str(os.getpid()))
-        # short naps: a signal the kernel hands to another thread (torch's, tokenizers') sets Python's flag but does
-        # not wake the main thread's sleep, so one long sleep could outlast the test's SIGINT by minutes
+        # short naps: the process has other threads, and a signal the kernel hands to one of them sets Python's flag
+        # without waking the main thread's sleep, so one long sleep could outlast the test's SIGINT by minutes
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             time.sleep(0.05)
