@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -34,9 +35,9 @@ def pytest_runtest_call(item):
     its pid to PATH and waits there, to be killed or interrupted by the test at a known point."""
     cell = getattr(getattr(item, "callspec", None), "params", {}).get("cell")
     if cell is not None and str(cell) == os.environ.get("MICRO_HOLD_CELL"):
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # started in the background by a shell without job control (`.ci/run &`): SIGINT is ignored there, the
+            # test's Ctrl-C would never arrive and the run would sleep on; a user's Ctrl-C comes from a terminal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         Path(os.environ["MICRO_HOLD_FILE"]).write_text(str(os.getpid()))
-        # short naps: the process has other threads, and a signal the kernel hands to one of them sets Python's flag
-        # without waking the main thread's sleep, so one long sleep could outlast the test's SIGINT by minutes
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        time.sleep(600)
