@@ -192,7 +192,8 @@ def moved_table(moved) -> str:
 def _header(summary: dict) -> str:
     n = len(summary["cells"])
     return (f"profile {', '.join(summary['profiles']) or '-'}; {summary['cells_present']} of {n} cells present; "
-            f"seeds per arm {', '.join(map(str, summary['seeds'])) or '-'}; main metric {_metric_note(summary)}")
+            f"seeds per arm {', '.join(map(str, summary['seeds'])) or '-'}; main metric {_metric_note(summary)}"
+            + (f"; precision {', '.join(summary['precisions'])}" if summary.get("precisions") else ""))
 
 
 # ---------------------------------------------------------------- formats

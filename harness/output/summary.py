@@ -264,7 +264,8 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
                for m in grid["models"] for c in grid["columns"]]
     _mark_best(entries, by_id)
     return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
-            "seeds": sorted({len(r["seeds"]) for r in records}), "layout": grid,
+            "seeds": sorted({len(r["seeds"]) for r in records}),
+            "precisions": sorted({r.get("env", {}).get("precision", "fp32") for r in records}), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
             "significance": gains, "fdr": fdr, "floor": floor_count(records),

@@ -53,6 +53,11 @@ def pytest_configure(config):
                             "loadgroup); registered here too so runs without xdist do not warn")
 
 
+def pytest_unconfigure(config):
+    if _SESSION in config.stash:
+        config.stash[_SESSION].restore_environment()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     """Under xdist the controller collects nothing: it loads a --spec or non-default profile itself, before the

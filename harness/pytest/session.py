@@ -47,7 +47,7 @@ class Session:
         from harness.definitions.profiles import canonical
         self.profile_name = canonical(setting(config, "profile") or "tiny")  # an alias (minilm) by its name now
         self.paths = {o.dest: setting(config, o.dest) or o.default for o in OPTIONS if o.ini and o.dest not in
-                      ("profile", "seeds")}
+                      ("profile", "seeds", "precision")}
         self.calibration = bool(config.getoption("calibration"))
         if self.calibration:  # an A/A run never mixes its records with (or overwrites) a real run's
             self.paths["results_dir"] = str(Path(self.paths["results_dir"]) / "calibration")
@@ -74,10 +74,22 @@ class Session:
         self.baseline_update_failed = False
         self.summary: dict | None = None
         self.plan_text: str | None = None  # --plan: the table of what would run
+        self._precision_env: tuple[str | None] | None = None  # (the environment's value before --precision,)
         try:
             self._check()
         except ValueError as err:
             raise pytest.UsageError(str(err)) from None
+
+    def restore_environment(self) -> None:
+        """Undo what --precision set in os.environ (at unconfigure: an in-process pytest run must not leak it)."""
+        if self._precision_env is None:
+            return
+        from harness.training.devices import PRECISION_ENV
+        (before,), self._precision_env = self._precision_env, None
+        if before is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = before
 
     def _check(self) -> None:
         from harness.definitions.profiles import PROFILES
@@ -99,6 +111,12 @@ class Session:
             raise ValueError(f"--margin {equivalence!r}: expected a number (e.g. 0.02)") from None
         if self.equivalence is not None and not 0 <= self.equivalence < 1:
             raise ValueError(f"--margin {equivalence!r}: must be in [0, 1)")
+        wanted = setting(config, "precision")
+        if wanted is not None:  # the training code reads it from the environment (xdist workers inherit it)
+            from harness.training.devices import PRECISION_ENV, requested_precision
+            requested_precision({PRECISION_ENV: wanted})
+            self._precision_env = (os.environ.get(PRECISION_ENV),)  # put back by restore_environment()
+            os.environ[PRECISION_ENV] = wanted.strip().lower()
         raw_seeds = config.getoption("seeds")
         if raw_seeds is None:
             raw_seeds = config.getini("seeds") or None
@@ -197,12 +215,27 @@ class Session:
             import torch
 
             from harness.running.context import RunContext
-            from harness.training.devices import default_device, threads_per_worker, usable_cores
+            from harness.training.devices import (
+                cpu_has_bf16,
+                cpu_name,
+                default_device,
+                precision,
+                threads_per_worker,
+                usable_cores,
+            )
             p = self.profile
             torch.set_num_threads(threads_per_worker(p.threads, usable_cores()))
+            device = default_device()
+            try:
+                arithmetic = precision(device)
+            except ValueError as err:
+                raise pytest.UsageError(str(err)) from None
+            if arithmetic == "bf16" and device == "cpu" and not cpu_has_bf16():
+                log.warning("--precision bf16 on a CPU without AMX or AVX512-BF16 (%s): emulated, slower than fp32",
+                            cpu_name())
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
-                                   device=default_device(), rerun=self.config.getoption("rerun"),
+                                   device=device, rerun=self.config.getoption("rerun"),
                                    compile=self.config.getoption("compile"), calibration=self.calibration,
                                    margin=self.equivalence, auto_seeds=self.auto,
                                    train_together=p.train_together

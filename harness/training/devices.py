@@ -69,13 +69,49 @@ def default_device() -> str:
     return os.environ.get("TRANSFER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def precision(device: str) -> str:
-    """`bf16` where the device supports bf16 autocast (CUDA with bf16 support), else `fp32`."""
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "TRANSFER_BENCH_PRECISION"  # what `--precision` sets; workers and subprocesses inherit it
+
+
+def requested_precision(env=os.environ) -> str:
+    """The precision asked for (`--precision`, through TRANSFER_BENCH_PRECISION): auto, fp32 or bf16.
+    ValueError for anything else."""
+    value = (env.get(PRECISION_ENV) or "auto").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ValueError(f"--precision {value!r} ({PRECISION_ENV}): expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 natively (AMX or AVX512-BF16 in its flags), where bf16 autocast pays off;
+    elsewhere bf16 on the CPU is emulated and slower than fp32. False when the flags cannot be read."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def precision(device: str, env=os.environ) -> str:
+    """The arithmetic of training and prediction on `device`: `--precision` when set; `auto` (the default):
+    `bf16` autocast on CUDA with bf16 support, else `fp32` (the CPU's default: the same numbers every run,
+    and on any CPU). `bf16` on a GPU without bf16 support raises ValueError."""
     import torch
 
-    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    wanted = requested_precision(env)
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if wanted == "fp32":
+        return "fp32"
+    if wanted == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                             f"use --precision fp32 or auto")
         return "bf16"
-    return "fp32"
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def cpu_name() -> str:

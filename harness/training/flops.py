@@ -73,8 +73,8 @@ def peak_flops(device: str, precision: str) -> tuple[float, str]:
                 return peaks[precision] * 1e12, f"{name} data sheet, dense {precision}"
         dtype, size = (torch.bfloat16 if precision == "bf16" else torch.float32), 8192
         return measured_peak(str(device), dtype, 1, size), f"measured {precision} matmul {size}x{size} on {name}"
-    threads = torch.get_num_threads()
-    return measured_peak("cpu", torch.float32, threads), f"measured fp32 matmul 1024x1024, {threads} thread(s)"
+    threads, dtype = torch.get_num_threads(), (torch.bfloat16 if precision == "bf16" else torch.float32)
+    return measured_peak("cpu", dtype, threads), f"measured {precision} matmul 1024x1024, {threads} thread(s)"
 
 
 def reset_peak_memory(device: str) -> None:

@@ -98,7 +98,8 @@ def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
 
 
 def autocast(device):
-    """bf16 autocast where the device supports it; a no-op context elsewhere (CPU stays fp32: same numbers)."""
+    """bf16 autocast where `precision(device)` says bf16 (by default a GPU with bf16 support; any device under
+    `--precision bf16`); a no-op context elsewhere (the CPU's default, fp32: the same numbers on any CPU)."""
     if precision(device) == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
