@@ -6,7 +6,8 @@ import pytest
 from helpers import grid_run, records, run_pytest
 
 from harness.results.baselines import entry_key
-from harness.training.devices import PRECISION_ENV, cpu_has_bf16, precision, requested_precision
+from harness.training import devices
+from harness.training.devices import PRECISION_ENV, cpu_has_bf16, precision, requested_precision, set_precision
 
 
 @pytest.mark.parametrize("asked, expected", [(None, "fp32"), ("", "fp32"), ("auto", "fp32"), ("fp32", "fp32"),
@@ -34,6 +35,27 @@ def test_cpu_bf16_support_is_read_from_the_flags(tmp_path, flags, native):
     info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n", encoding="utf-8")
     assert cpu_has_bf16(str(info)) is native
     assert cpu_has_bf16(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("before", [None, "fp32"])
+def test_set_precision_puts_back_what_was_there(before):
+    env = {} if before is None else {PRECISION_ENV: before}
+    restore = set_precision(" BF16", env)
+    assert env[PRECISION_ENV] == "bf16" and precision("cpu", env) == "bf16"
+    restore()
+    assert env == ({} if before is None else {PRECISION_ENV: before})
+    with pytest.raises(ValueError):
+        set_precision("fp8", env)
+    assert env == ({} if before is None else {PRECISION_ENV: before})  # a bad value changes nothing
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_emulated_cpu_bf16_is_warned_about(monkeypatch, caplog, native):
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="harness"):
+        assert devices.checked_precision("cpu") == "bf16"
+    assert any("emulated, slower than fp32" in r.getMessage() for r in caplog.records) is not native
 
 
 @pytest.mark.subprocess

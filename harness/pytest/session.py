@@ -74,7 +74,7 @@ class Session:
         self.baseline_update_failed = False
         self.summary: dict | None = None
         self.plan_text: str | None = None  # --plan: the table of what would run
-        self._precision_env: tuple[str | None] | None = None  # (the environment's value before --precision,)
+        self._restore = None  # puts back the environment --precision changed
         try:
             self._check()
         except ValueError as err:
@@ -82,14 +82,9 @@ class Session:
 
     def restore_environment(self) -> None:
         """Undo what --precision set in os.environ (at unconfigure: an in-process pytest run must not leak it)."""
-        if self._precision_env is None:
-            return
-        from harness.training.devices import PRECISION_ENV
-        (before,), self._precision_env = self._precision_env, None
-        if before is None:
-            os.environ.pop(PRECISION_ENV, None)
-        else:
-            os.environ[PRECISION_ENV] = before
+        restore, self._restore = self._restore, None
+        if restore:
+            restore()
 
     def _check(self) -> None:
         from harness.definitions.profiles import PROFILES
@@ -111,12 +106,9 @@ class Session:
             raise ValueError(f"--margin {equivalence!r}: expected a number (e.g. 0.02)") from None
         if self.equivalence is not None and not 0 <= self.equivalence < 1:
             raise ValueError(f"--margin {equivalence!r}: must be in [0, 1)")
-        wanted = setting(config, "precision")
-        if wanted is not None:  # the training code reads it from the environment (xdist workers inherit it)
-            from harness.training.devices import PRECISION_ENV, requested_precision
-            requested_precision({PRECISION_ENV: wanted})
-            self._precision_env = (os.environ.get(PRECISION_ENV),)  # put back by restore_environment()
-            os.environ[PRECISION_ENV] = wanted.strip().lower()
+        if setting(config, "precision") is not None:  # read by the training code from the environment
+            from harness.training.devices import set_precision
+            self._restore = set_precision(setting(config, "precision"))
         raw_seeds = config.getoption("seeds")
         if raw_seeds is None:
             raw_seeds = config.getini("seeds") or None
@@ -215,24 +207,14 @@ class Session:
             import torch
 
             from harness.running.context import RunContext
-            from harness.training.devices import (
-                cpu_has_bf16,
-                cpu_name,
-                default_device,
-                precision,
-                threads_per_worker,
-                usable_cores,
-            )
+            from harness.training.devices import checked_precision, default_device, threads_per_worker, usable_cores
             p = self.profile
             torch.set_num_threads(threads_per_worker(p.threads, usable_cores()))
             device = default_device()
             try:
-                arithmetic = precision(device)
+                checked_precision(device)
             except ValueError as err:
                 raise pytest.UsageError(str(err)) from None
-            if arithmetic == "bf16" and device == "cpu" and not cpu_has_bf16():
-                log.warning("--precision bf16 on a CPU without AMX or AVX512-BF16 (%s): emulated, slower than fp32",
-                            cpu_name())
             self._ctx = RunContext(profile=p, results_dir=Path(self.paths["results_dir"]),
                                    cache_dir=Path(self.paths["cache_dir"]), seeds=self.seeds or list(range(p.seeds)),
                                    device=device, rerun=self.config.getoption("rerun"),

@@ -5,6 +5,7 @@ only inside the functions that need it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -80,6 +81,30 @@ def requested_precision(env=os.environ) -> str:
     if value not in PRECISIONS:
         raise ValueError(f"--precision {value!r} ({PRECISION_ENV}): expected one of {', '.join(PRECISIONS)}")
     return value
+
+
+def set_precision(value: str, env=os.environ):
+    """Check `value` (`--precision`) and set it in `env`, which the training code reads and xdist workers inherit;
+    returns a function that puts back what `env` held before. ValueError for an unknown value."""
+    requested_precision({PRECISION_ENV: value})
+    before = env.get(PRECISION_ENV)
+    env[PRECISION_ENV] = value.strip().lower()
+
+    def restore():
+        if before is None:
+            env.pop(PRECISION_ENV, None)
+        else:
+            env[PRECISION_ENV] = before
+    return restore
+
+
+def checked_precision(device: str) -> str:
+    """precision(device), with a warning where bf16 is asked for on a CPU that only emulates it."""
+    arithmetic = precision(device)
+    if arithmetic == "bf16" and not str(device).startswith("cuda") and not cpu_has_bf16():
+        logging.getLogger("harness").warning("--precision bf16 on a CPU without AMX or AVX512-BF16 (%s): emulated, "
+                                             "slower than fp32", cpu_name())
+    return arithmetic
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
