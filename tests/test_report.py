@@ -242,3 +242,19 @@ def test_under_trained_verdicts_carry_a_footnote_and_tuning_costs_show(records, 
     assert dict(zip(cost_headers, cost[2]))["trials per arm"] == "-"  # an untuned cell
     report.plot(summary, tmp_path / "p.png")  # the uninformative marker draws
     assert report.UNDER_TRAINED_NOTE not in report.to_markdown(report.summarise(golden_records()))
+
+
+def test_one_seed_verdicts_carry_their_caveat_and_three_seeds_do_not():
+    from recordgen import make_record
+
+    one = [make_record("bert", "classification", d) for d in ("general", "medical")]
+    three = [make_record("bert", "classification", d, seeds=3) for d in ("general", "medical")]
+    line = "2 cell(s) ran one seed: intervals of test-set sampling only, verdicts about these trained models"
+    assert line in report.terminal_table(one)
+    summary = report.summarise(one)
+    assert summary["one_seed"] == ["bert-classification-general", "bert-classification-medical"]
+    assert line in report.render(summary, "markdown").replace("\n", " ")
+    assert "ran one seed" not in report.terminal_table(three)
+    assert report.summarise(three)["one_seed"] == []
+    mixed = report.summarise(one[:1] + three[1:])["one_seed"]
+    assert mixed == ["bert-classification-general"]

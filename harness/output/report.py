@@ -27,6 +27,7 @@ from harness.output.summary import (
     fdr_mark,
     floor_line,
     moderation_lines,
+    one_seed_line,
     sequential_lines,
     summarise,
 )
@@ -171,7 +172,8 @@ def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 def significance_note(summary: dict) -> str:
     lines = "; ".join(moderation_lines(summary["moderation"]))
-    return (f"{fdr_line(summary['fdr'])}. {FDR_NOTE}. rule: `moderated` (the seed variance shrunk towards a prior "
+    caveat = one_seed_line(summary.get("one_seed", [])) and f"{one_seed_line(summary['one_seed'])}. "
+    return (f"{fdr_line(summary['fdr'])}. {caveat}{FDR_NOTE}. rule: `moderated` (the seed variance shrunk towards a prior "
             "fitted across the run's gains of the same task, limma's moderated t) or `seed-t` (the cell's own "
             "interval: bootstrap plus t on seeds - 1 degrees of freedom)" + (f"; {lines}" if lines else "")
             + f". p: two-sided, from the interval's own distribution. q: the gain's Benjamini-Hochberg q-value "
@@ -374,7 +376,8 @@ def terminal_table(records: list[dict]) -> str:
     flagged = any(e.get("under_trained") for e in summary["cells"])
     below = any(_below(e, e["language"]) for e in summary["cells"] if e["status"] == "ok")
     blocks = ["\n".join(calibration_lines(summary))] if summary["calibration"] else []
-    blocks += [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{floor_line(summary['floor'])}\n"
+    caveat = one_seed_line(summary.get("one_seed", [])) and f"{one_seed_line(summary['one_seed'])}\n"
+    blocks += [f"{_header(summary)}\n{fdr_line(summary['fdr'])}\n{caveat}{floor_line(summary['floor'])}\n"
               f"entry: frozen / direct / +intermediate / gain (verdict), target language; {BEST_NOTE} *"
               + (f"\n{UNDER_TRAINED_NOTE}" if flagged else "") + (f"\n{BELOW_FLOOR_NOTE}" if below else "")]
     cols = summary["layout"]["columns"]

@@ -189,6 +189,15 @@ def fdr_line(fdr: dict) -> str:
             f"(Benjamini-Hochberg across {fdr['gains']} gains; marked {FDR_MARK})")
 
 
+def one_seed_line(cells: list[str]) -> str:
+    """The caveat of the cells that ran one seed ('' when none did): their intervals hold the test set's sampling
+    only, so a verdict there is about the two trained models, not about intermediate training."""
+    if not cells:
+        return ""
+    return (f"{len(cells)} cell(s) ran one seed: intervals of test-set sampling only, verdicts about these trained "
+            f"models, not the method (3+ seeds for that)")
+
+
 CALIBRATION_NOTE = ("CALIBRATION RUN (A/A, --calibration): the intermediate arm is a second direct arm with its own "
                     "seeds, so every true gain is 0 and every positive or negative verdict is a false positive; no "
                     "baseline was checked or written")
@@ -265,7 +274,8 @@ def summarise(records: list[dict], errors: list[str] = (), expected=(), robustne
     _mark_best(entries, by_id)
     return {"schema": 1, "profiles": sorted({r["profile"] for r in records}),
             "seeds": sorted({len(r["seeds"]) for r in records}),
-            "precisions": sorted({r.get("env", {}).get("precision", "fp32") for r in records}), "layout": grid,
+            "precisions": sorted({r.get("env", {}).get("precision", "fp32") for r in records}),
+            "one_seed": sorted(r["cell"] for r in records if len(r["seeds"]) == 1), "layout": grid,
             "cells_present": sum(e["status"] == "ok" for e in entries), "cells": entries,
             "robustness": _robustness(grid, by_id, robustness or {}), "robustness_notes": list(notes),
             "significance": gains, "fdr": fdr, "floor": floor_count(records),
