@@ -5,8 +5,8 @@ prediction, and how far bf16's predictions move, for the offline profile's real 
 
 For each model row: the same model (same seed, same initial weights), the same data (the unfair-ToS cell's English
 training rows, `--epochs` epochs of the profile's target recipe; `--test` of its English test clauses for
-prediction, the bulk of that cell's cost), the same torch threads. Rounds alternate fp32, bf16, fp32, bf16, ... so the load of a
-shared machine falls on both alike; the figure to read is the median over rounds of fp32's time over bf16's (the
+prediction, the bulk of that cell's cost), the same torch threads. Rounds alternate fp32, bf16, fp32, bf16, ... so
+the load of a shared machine falls on both alike; the figure to read is the median over rounds of fp32's time over bf16's (the
 ratio, measured in the same run). `same-weights agreement`: the share of test clauses given the same class by
 fp32 and bf16 with the same (untrained-head) weights; `trained`: by the two models trained at each precision,
 whose macro-F1 follows. Prints one
@@ -94,8 +94,9 @@ def main(argv=None) -> int:
                      *(f"{macro_f1(test_rows.targets, trained[p]):.3f}" for p in ("fp32", "bf16"))])
     print(f"{cpu_name()}; native bf16 (AMX or AVX512-BF16): {cpu_has_bf16()}; {opts.threads} thread(s); "
           f"{opts.rounds} timed rounds per precision; torch {torch.__version__}\n")
-    print(tabulate(rows, headers=["model", "train ex/s fp32", "bf16", "speed-up", "predict ex/s fp32", "bf16",
-                                  "speed-up", "same-weights agreement", "trained agreement", "macro-F1 fp32", "bf16"], tablefmt="github"))
+    headers = ["model", "train ex/s fp32", "bf16", "speed-up", "predict ex/s fp32", "bf16", "speed-up",
+               "same-weights agreement", "trained agreement", "macro-F1 fp32", "bf16"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
     return 0
 
 

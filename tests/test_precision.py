@@ -71,8 +71,9 @@ def test_bad_precision_is_a_usage_error(tmp_path):
 @pytest.mark.subprocess
 def test_a_bf16_cell_on_the_cpu_is_recorded_and_cached_apart_from_fp32(tmp_path, monkeypatch):
     """The same micro cell and seed at fp32 and at bf16, sharing one cache: each record says its precision, their
-    config keys (so their cached results and intermediate models) differ, the summary says it, they land under different baseline
-    entries, and the bf16 cell trains its own intermediate model rather than reading fp32's from the cache. The option wins over an inherited setting."""
+    config keys (so their cached results and intermediate models) differ, the summary says it, they land under
+    different baseline entries, and the bf16 cell trains its own intermediate model rather than reading fp32's from
+    the cache. The option wins over an inherited setting."""
     monkeypatch.setenv(PRECISION_ENV, "fp32")
     found = {}
     for asked in ("fp32", "bf16"):

@@ -173,8 +173,8 @@ def significance_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def significance_note(summary: dict) -> str:
     lines = "; ".join(moderation_lines(summary["moderation"]))
     caveat = one_seed_line(summary.get("one_seed", [])) and f"{one_seed_line(summary['one_seed'])}. "
-    return (f"{fdr_line(summary['fdr'])}. {caveat}{FDR_NOTE}. rule: `moderated` (the seed variance shrunk towards a prior "
-            "fitted across the run's gains of the same task, limma's moderated t) or `seed-t` (the cell's own "
+    return (f"{fdr_line(summary['fdr'])}. {caveat}{FDR_NOTE}. rule: `moderated` (the seed variance shrunk towards "
+            "a prior fitted across the run's gains of the same task, limma's moderated t) or `seed-t` (the cell's own "
             "interval: bootstrap plus t on seeds - 1 degrees of freedom)" + (f"; {lines}" if lines else "")
             + f". p: two-sided, from the interval's own distribution. q: the gain's Benjamini-Hochberg q-value "
             f"across the run's gains (a verdict with q < {FDR} survives FDR {FDR:.0%}). MDC: minimum detectable "

@@ -55,8 +55,9 @@ OPTIONS = (
     Option("--compile", "train through torch.compile (pays off on GPUs and long runs; compiling costs tens of "
            "seconds per model and shape bucket)", switch=True),
     Option("--precision", "arithmetic of training, prediction and the floor: auto (bf16 autocast on a GPU that "
-           "supports it, else fp32), fp32, or bf16 (also on a CPU: about 3x faster where it has AMX or AVX512-BF16, "
-           "other numbers than fp32; records, caches and baseline entries keep precisions apart; docs/performance.md)",
+           "supports it, else fp32), fp32, or bf16 (also on a CPU: an e5 cell about 2x faster where it has AMX or "
+           "AVX512-BF16; other numbers than fp32; records, caches and baseline entries keep precisions apart; "
+           "docs/performance.md)",
            "auto", ini=True, metavar="auto|fp32|bf16"),
     Option("--train-together", "train a cell's seeds and both arms together as one grouped model, and the seeds' "
            "intermediate models as another (untuned cells; other per-seed numbers than sequential training, "
